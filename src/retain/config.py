@@ -1,0 +1,206 @@
+"""One configuration object, read once at the edge (CLI, service start-up) and passed down.
+
+`retain.toml` holds the settings; any key can be overridden by an environment variable
+`RETAIN_<SECTION>_<KEY>` (for example `RETAIN_LABELS_CHURN_HORIZON_DAYS=60`). A wrong key or a
+wrong type is a `ConfigError` naming the key. Secrets are read from the environment only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retain.errors import RetainError
+
+DEFAULT_CONFIG_PATH = Path("retain.toml")
+ENV_PREFIX = "RETAIN_"
+# Environment variables with the prefix that are not config overrides.
+NON_OVERRIDE_ENV = {"RETAIN_API_TOKEN", "RETAIN_CONFIG"}
+SECRET_KEYS = {"api_token", "token", "password", "secret"}
+
+
+class ConfigError(RetainError):
+    """The configuration file or an override is wrong."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "data/demo"
+    currency: str = "CNY"
+    categories: dict[str, str] = field(default_factory=dict)
+    replenishment_categories: list[str] = field(default_factory=list)
+    promotion_windows: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_bad_share: float = 0.01
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    churn_horizon_days: int = 90
+    repurchase_horizon_days: int = 30
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    snapshot_interval_days: int = 30
+    min_snapshots: int = 3
+    max_snapshots: int = 6
+    promotion_tolerance: float = 0.002
+    max_ece: float = 0.03
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    workers: int = 1
+    allow_anonymous: bool = False
+    max_ids_per_request: int = 10000
+    max_members_per_request: int = 1000
+
+
+@dataclass(frozen=True)
+class DecisionsConfig:
+    churn_threshold: float = 0.6
+    repurchase_threshold: float = 0.5
+    value_horizon_days: int = 365
+    margin_rate: float = 0.3
+    holdout_share: float = 0.05
+    language: str = "zh"
+
+
+@dataclass(frozen=True)
+class WinbackConfig:
+    send_cost: float = 0.5
+    daily_budget: float = 20000.0
+    cooldown_days: int = 30
+
+
+@dataclass(frozen=True)
+class SubscriptionConfig:
+    max_cycle_cv: float = 0.35
+    uplift: float = 0.15
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: str = "local"
+    scheduler_address: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    decisions: DecisionsConfig = field(default_factory=DecisionsConfig)
+    winback: WinbackConfig = field(default_factory=WinbackConfig)
+    subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def api_token(self) -> str | None:
+        """The service's bearer token, from `RETAIN_API_TOKEN` only (never from the file)."""
+        return os.environ.get("RETAIN_API_TOKEN") or None
+
+
+def load_config(path: Path | str | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read `retain.toml` (or `path`, or `$RETAIN_CONFIG`) and apply `RETAIN_<SECTION>_<KEY>` overrides."""
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("RETAIN_CONFIG") or DEFAULT_CONFIG_PATH)
+    raw: dict[str, dict] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+    elif path != DEFAULT_CONFIG_PATH:
+        raise ConfigError(f"Config file {path} does not exist.")
+    for section, key, value in _env_overrides(environ):
+        raw.setdefault(section, {})[key] = value
+    return _build(Config, raw, where="")
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> typing.Iterator[tuple[str, str, object]]:
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in NON_OVERRIDE_ENV:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section not in sections or not key:
+            raise ConfigError(
+                f"Environment variable {name} names no config section; use RETAIN_<SECTION>_<KEY> "
+                f"with a section among {sorted(sections)}."
+            )
+        yield section, key, _parse_env_value(text)
+
+
+def _parse_env_value(text: str) -> object:
+    """An override is read as a TOML value when it is one (60, 0.5, true, ["a"]), else as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, raw: object, where: str) -> object:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config section [{where}] must be a table of keys.")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        name = f"{where}.{key}" if where else key
+        if key in SECRET_KEYS:
+            raise ConfigError(f"Config key {name} looks like a secret: secrets are read from the environment only.")
+        if key not in known:
+            raise ConfigError(f"Unknown config key {name}; known keys here are {sorted(known)}.")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        name = f"{where}.{key}" if where else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, name)
+        else:
+            values[key] = _check_type(name, value, hint)
+    return cls(**values)
+
+
+def _check_type(name: str, value: object, hint: object) -> object:
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"Config key {name} must be {hint.__name__}, got {value!r}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"Config key {name} must be a list, got {value!r}.")
+        (item,) = typing.get_args(hint)
+        return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key {name} must be a table, got {value!r}.")
+        _, item = typing.get_args(hint)
+        return {str(k): _check_type(f"{name}.{k}", v, item) for k, v in value.items()}
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no optional keys yet
+        return value
+    raise ConfigError(f"Config key {name} has an unsupported type {hint}.")  # pragma: no cover
