@@ -90,6 +90,21 @@ def write_metadata(folder: Path, observed_until: pd.Timestamp, currency: str, ex
     return metadata
 
 
+def write_dataset(
+    out: Path, tables: dict[str, pd.DataFrame], observed_until: pd.Timestamp, currency: str, extra: dict | None = None
+) -> dict:
+    """Validate canonical frames against the contract and write them as a dataset folder, atomically."""
+    with atomic_folder(Path(out)) as folder:
+        write_tables(folder, tables)
+        return write_metadata(folder, observed_until, currency, extra)
+
+
+def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+    for table, frame in tables.items():
+        contract.schema(table).validate(frame)
+        frame.to_parquet(folder / f"{table}.parquet", index=False)
+
+
 @contextlib.contextmanager
 def atomic_folder(out: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on error it vanishes."""

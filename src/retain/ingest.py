@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from retain import contract as c
-from retain.dataset import atomic_folder, write_metadata
+from retain.dataset import atomic_folder, write_metadata, write_tables
 from retain.errors import RetainError
 
 FIRST_BAD_ROWS_SHOWN = 5
@@ -249,9 +249,8 @@ def ingest(
     report = {"tables": {t: r.report() for t, r in results.items()}, "observed_until": observed_until.isoformat()}
     with atomic_folder(Path(out)) as folder:
         (folder / "quarantine").mkdir()
+        write_tables(folder, {table: result.rows for table, result in results.items()})
         for table, result in results.items():
-            c.schema(table).validate(result.rows)
-            result.rows.to_parquet(folder / f"{table}.parquet", index=False)
             if len(result.quarantine):
                 result.quarantine.astype({col: str for col in result.quarantine.columns if col != c.QUARANTINE_ROW}).to_parquet(
                     folder / "quarantine" / f"{table}.parquet", index=False

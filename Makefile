@@ -1,0 +1,53 @@
+# retain: `make help` lists the targets. Every target installs what it needs first (make setup).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+RETAIN := $(VENV)/bin/retain
+DATA ?= data/demo
+DEMO_MEMBERS ?= 50000
+DEMO_DAYS ?= 730
+DEMO_SEED ?= 42
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := true
+export GIT_PYTHON_REFRESH := quiet
+export DO_NOT_TRACK := 1
+
+.PHONY: help setup lock demo test lint simulate bench
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@test -d $(VENV) || uv venv --quiet --python 3.11 $(VENV)
+	uv pip sync --quiet --python $(PY) requirements.lock
+	uv pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+setup: $(VENV)/.installed ## Install uv (if missing), create .venv and install the locked dependencies
+
+lock: ## Re-resolve the dependencies into requirements.lock (versions and hashes only)
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	uv pip compile pyproject.toml --group dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+$(DATA)/dataset.json: | setup
+	$(RETAIN) simulate --members $(DEMO_MEMBERS) --days $(DEMO_DAYS) --seed $(DEMO_SEED) --out $(DATA)
+
+simulate: setup ## Simulate the demo shop into data/demo (50,000 members over 730 days, seed 42)
+	$(RETAIN) simulate --members $(DEMO_MEMBERS) --days $(DEMO_DAYS) --seed $(DEMO_SEED) --out $(DATA)
+
+demo: setup $(DATA)/dataset.json ## Install, build the demo dataset and run the pipeline end to end
+	$(RETAIN) features --data $(DATA) --as-of $$($(PY) -c "import json; print(json.load(open('$(DATA)/dataset.json'))['observed_until'][:10])") --out $(DATA)/features_latest.parquet
+
+test: setup ## Run the whole test suite
+	$(PY) -m pytest
+
+lint: setup ## Check the code with ruff
+	$(VENV)/bin/ruff check src training serving tests bench
+
+bench: setup ## Run the benchmarks (simulator, features); figures go to bench/README.md
+	$(PY) bench/bench_simulate.py
+	$(PY) bench/bench_features.py

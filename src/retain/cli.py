@@ -1,0 +1,183 @@
+"""The `retain` command line: thin commands that parse arguments and call the library.
+
+This is the only place that reads the clock (for defaults such as "today"). A user error prints one
+sentence and exits 2; nothing prints a traceback unless RETAIN_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from retain.config import Config, load_config
+from retain.errors import RetainError
+
+app = typer.Typer(
+    help="retain: predict churn and repurchase for a shop's members and decide whom to win back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="Config file (default: ./retain.toml or $RETAIN_CONFIG).")]
+
+
+def parse_date(text: str, flag: str) -> pd.Timestamp:
+    """A YYYY-MM-DD date given on the command line."""
+    try:
+        return pd.Timestamp(pd.to_datetime(text, format="%Y-%m-%d"))
+    except (ValueError, TypeError):
+        raise RetainError(f"{flag} must be a date like 2025-06-01, got {text!r}.") from None
+
+
+def settings(path: Path | None) -> Config:
+    return load_config(path)
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")] = Path("data/sim"),
+    members: Annotated[int, typer.Option(min=1, help="Number of members.")] = 50_000,
+    days: Annotated[int, typer.Option(min=7, help="Days simulated.")] = 730,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 42,
+    start: Annotated[str, typer.Option(help="First simulated day.")] = "2024-01-01",
+    process: Annotated[str, typer.Option(help="'shop' (Tmall-style store) or 'bgnbd' (plain BG/NBD log).")] = "shop",
+    params: Annotated[str, typer.Option(help="BG/NBD parameters r,alpha,a,b (with --process bgnbd).")] = "0.243,4.414,0.793,2.426",
+    config: ConfigOption = None,
+) -> None:
+    """Simulate a shop with ground truth (truth.parquet).
+
+    Example: retain simulate --members 50000 --days 730 --seed 42 --out data/demo
+    """
+    from rich.progress import Progress
+
+    from retain.simulate import simulate_bgnbd, simulate_shop
+
+    start_day = parse_date(start, "--start")
+    if process == "bgnbd":
+        values = _parse_params(params)
+        metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day)
+    elif process == "shop":
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("simulating members", total=None)
+            metadata = simulate_shop(
+                out, members, days, seed, start=start_day, currency=settings(config).data.currency,
+                on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    else:
+        raise RetainError(f"--process must be 'shop' or 'bgnbd', got {process!r}.")
+    rows = ", ".join(f"{table} {n:,}" for table, n in metadata["rows"].items())
+    console.print(f"wrote {out}: {rows}; observed until {metadata['observed_until'][:10]}")
+
+
+def _parse_params(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or min(values) <= 0:
+        raise RetainError(f"--params must be four positive numbers r,alpha,a,b, got {text!r}.")
+    return values
+
+
+@app.command()
+def ingest(
+    orders: Annotated[Path, typer.Option(help="Orders file (CSV or Parquet).")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    members: Annotated[Path | None, typer.Option(help="Members file.")] = None,
+    events: Annotated[Path | None, typer.Option(help="Browsing events file.")] = None,
+    offers: Annotated[Path | None, typer.Option(help="Offers file.")] = None,
+    subscriptions: Annotated[Path | None, typer.Option(help="Subscriptions file.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="Mapping TOML from source columns to the contract.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="End of the observed period (exclusive).")] = None,
+    currency: Annotated[str | None, typer.Option(help="Currency of amounts (default: data.currency).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a shop's files into a canonical dataset; bad rows go to quarantine/ with a reason.
+
+    Example: retain ingest --orders ../shared/data/cdnow/CDNOW_master.txt --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
+    """
+    from retain.ingest import IngestRejected
+    from retain.ingest import ingest as run_ingest
+
+    cfg = settings(config)
+    sources = {name: path for name, path in [("orders", orders), ("members", members), ("events", events),
+                                              ("offers", offers), ("subscriptions", subscriptions)] if path}
+    cutoff = parse_date(as_of, "--as-of") if as_of else None
+    try:
+        report = run_ingest(sources, out, mapping, cutoff, cfg.ingest.max_bad_share, currency or cfg.data.currency)
+    except IngestRejected as exc:
+        err_console.print(exc.details, markup=False, highlight=False)
+        raise
+    table = Table("table", "read", "kept", "quarantined", "by reason", title=f"ingested into {out}")
+    for name, counts in report["tables"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in counts["quarantined_by_reason"].items()) or "-"
+        table.add_row(name, f"{counts['rows_read']:,}", f"{counts['rows_kept']:,}", f"{counts['rows_quarantined']:,}", reasons)
+    console.print(table)
+
+
+@app.command()
+def features(
+    as_of: Annotated[str, typer.Option("--as-of", help="Cutoff: features see only what was known before it.")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Build point-in-time member features as of a cutoff and print a summary.
+
+    Example: retain features --data data/demo --as-of 2025-06-01 --out data/features.parquet
+    """
+    from retain import features as feature_builder
+    from retain.dataset import open_dataset
+
+    cfg = settings(config)
+    cutoff = parse_date(as_of, "--as-of")
+    dataset = open_dataset(data or Path(cfg.data.dataset))
+    frame = feature_builder.build(dataset, cutoff, cfg.data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_parquet(tmp)
+    tmp.replace(out)
+    console.print(feature_summary(frame, cutoff))
+    console.print(f"wrote {out}: {len(frame):,} members x {frame.shape[1]} features")
+
+
+def feature_summary(frame: pd.DataFrame, as_of: pd.Timestamp) -> Table:
+    """A few headline features: how many members have them and their quartiles."""
+    table = Table("feature", "members", "p25", "median", "p75", title=f"features as of {as_of.date()}")
+    for column in frame.columns[:12]:
+        values = frame[column].dropna().astype(float)
+        q = values.quantile([0.25, 0.5, 0.75]) if len(values) else pd.Series([float("nan")] * 3)
+        table.add_row(column, f"{len(values):,}", *(f"{v:,.2f}" for v in q))
+    return table
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one sentence and a non-zero exit."""
+    try:
+        app()
+    except RetainError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        err_console.print(f"error: {exc.strerror}: {exc.filename}", markup=False, highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # a bug, not a user error: say so in one line unless debugging
+        if os.environ.get("RETAIN_DEBUG"):
+            raise
+        err_console.print(f"internal error: {type(exc).__name__}: {exc} (set RETAIN_DEBUG=1 for the traceback)",
+                          markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

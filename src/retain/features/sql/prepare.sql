@@ -1,0 +1,17 @@
+-- Orders known before :as_of. A refund counts only once it is recorded before :as_of
+-- (a refund without a date is taken as known). `paid` is the population's purchase log.
+CREATE OR REPLACE TEMP TABLE known_orders AS
+SELECT
+    member_id,
+    ordered_at,
+    amount,
+    category,
+    coupon_id,
+    status = 'refunded' AND coalesce(refunded_at < :as_of, TRUE) AS is_refunded
+FROM orders
+WHERE ordered_at < :as_of;
+
+CREATE OR REPLACE TEMP TABLE paid AS
+SELECT member_id, ordered_at, amount, category, coupon_id
+FROM known_orders
+WHERE NOT is_refunded;

@@ -1,0 +1,59 @@
+"""Labels as of a cutoff: what happened in the window [as_of, as_of + horizon_days).
+
+- churn: no paid order in the window;
+- repurchase: at least one paid order in the window.
+
+The population is the features' population: members with a paid order (as known at `as_of`) before
+`as_of`. An order's final status decides whether a window order was paid.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from retain import contract as c
+from retain.dataset import Dataset
+from retain.errors import RetainError
+from retain.features import connect, read_sql, register_dataset
+
+TASKS = ("churn", "repurchase")
+
+
+def check_window(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int) -> None:
+    """A label window must close by the end of the observed period, or its labels would be silent zeros."""
+    end = pd.Timestamp(as_of) + pd.Timedelta(days=horizon_days)
+    if end > dataset.observed_until:
+        raise RetainError(
+            f"The {horizon_days}-day label window from {pd.Timestamp(as_of).date()} ends {end.date()}, after the "
+            f"data's observed period ends ({dataset.observed_until.date()}); pick an earlier cutoff or a shorter horizon."
+        )
+
+
+def build(dataset: Dataset, as_of: pd.Timestamp, task: str, horizon_days: int) -> pd.Series:
+    """A 0/1 label per member of the population, indexed by `member_id` (sorted), named after the task."""
+    if task not in TASKS:
+        raise RetainError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    check_window(dataset, as_of, horizon_days)
+    as_of = pd.Timestamp(as_of)
+    end = as_of + pd.Timedelta(days=horizon_days)
+    con = connect()
+    try:
+        register_dataset(con, dataset)
+        con.execute(read_sql("prepare").replace(":as_of", f"TIMESTAMP '{as_of.isoformat(sep=' ')}'"))
+        frame = con.execute(
+            """
+            SELECT p.member_id, count(w.member_id) > 0 AS bought
+            FROM (SELECT DISTINCT member_id FROM paid) p
+            LEFT JOIN (
+                SELECT DISTINCT member_id FROM orders
+                WHERE ordered_at >= ? AND ordered_at < ? AND coalesce(status, 'paid') = 'paid'
+            ) w USING (member_id)
+            GROUP BY p.member_id ORDER BY p.member_id
+            """,
+            [as_of.to_pydatetime(), end.to_pydatetime()],
+        ).df()
+    finally:
+        con.close()
+    bought = frame.set_index(c.MEMBER_ID)["bought"].astype(bool)
+    label = ~bought if task == "churn" else bought
+    return label.astype("int8").rename(task)
