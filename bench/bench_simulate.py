@@ -28,8 +28,10 @@ def main() -> None:
     seconds = time.perf_counter() - started
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     rows = metadata["rows"]
-    print(f"simulate {args.members:,} members x {args.days} days: {seconds:.1f} s (limit {LIMIT_SECONDS} s, "
-          f"ratio {seconds / LIMIT_SECONDS:.2f}), peak RSS {peak_gib:.2f} GiB (limit {LIMIT_GIB} GiB)")
+    print(
+        f"simulate {args.members:,} members x {args.days} days: {seconds:.1f} s (limit {LIMIT_SECONDS} s, "
+        f"ratio {seconds / LIMIT_SECONDS:.2f}), peak RSS {peak_gib:.2f} GiB (limit {LIMIT_GIB} GiB)"
+    )
     print("rows: " + ", ".join(f"{table} {n:,}" for table, n in rows.items()))
 
 

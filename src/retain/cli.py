@@ -28,7 +28,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="Config file (default: ./retain.toml or $RETAIN_CONFIG).")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Config file (default: ./retain.toml or $RETAIN_CONFIG).")
+]
 
 
 def parse_date(text: str, flag: str) -> pd.Timestamp:
@@ -51,7 +53,9 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 42,
     start: Annotated[str, typer.Option(help="First simulated day.")] = "2024-01-01",
     process: Annotated[str, typer.Option(help="'shop' (Tmall-style store) or 'bgnbd' (plain BG/NBD log).")] = "shop",
-    params: Annotated[str, typer.Option(help="BG/NBD parameters r,alpha,a,b (with --process bgnbd).")] = "0.243,4.414,0.793,2.426",
+    params: Annotated[
+        str, typer.Option(help="BG/NBD parameters r,alpha,a,b (with --process bgnbd).")
+    ] = "0.243,4.414,0.793,2.426",
     config: ConfigOption = None,
 ) -> None:
     """Simulate a shop with ground truth (truth.parquet).
@@ -70,7 +74,12 @@ def simulate(
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("simulating members", total=None)
             metadata = simulate_shop(
-                out, members, days, seed, start=start_day, currency=settings(config).data.currency,
+                out,
+                members,
+                days,
+                seed,
+                start=start_day,
+                currency=settings(config).data.currency,
                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
             )
     else:
@@ -104,14 +113,24 @@ def ingest(
 ) -> None:
     """Validate a shop's files into a canonical dataset; bad rows go to quarantine/ with a reason.
 
-    Example: retain ingest --orders ../shared/data/cdnow/CDNOW_master.txt --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
+    Example: retain ingest --orders ../shared/data/cdnow/CDNOW_master.txt
+    --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
     """
     from retain.ingest import IngestRejected
     from retain.ingest import ingest as run_ingest
 
     cfg = settings(config)
-    sources = {name: path for name, path in [("orders", orders), ("members", members), ("events", events),
-                                              ("offers", offers), ("subscriptions", subscriptions)] if path}
+    sources = {
+        name: path
+        for name, path in [
+            ("orders", orders),
+            ("members", members),
+            ("events", events),
+            ("offers", offers),
+            ("subscriptions", subscriptions),
+        ]
+        if path
+    }
     cutoff = parse_date(as_of, "--as-of") if as_of else None
     try:
         report = run_ingest(sources, out, mapping, cutoff, cfg.ingest.max_bad_share, currency or cfg.data.currency)
@@ -121,7 +140,9 @@ def ingest(
     table = Table("table", "read", "kept", "quarantined", "by reason", title=f"ingested into {out}")
     for name, counts in report["tables"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in counts["quarantined_by_reason"].items()) or "-"
-        table.add_row(name, f"{counts['rows_read']:,}", f"{counts['rows_kept']:,}", f"{counts['rows_quarantined']:,}", reasons)
+        table.add_row(
+            name, f"{counts['rows_read']:,}", f"{counts['rows_kept']:,}", f"{counts['rows_quarantined']:,}", reasons
+        )
     console.print(table)
 
 
@@ -174,8 +195,11 @@ def main() -> None:
     except Exception as exc:  # a bug, not a user error: say so in one line unless debugging
         if os.environ.get("RETAIN_DEBUG"):
             raise
-        err_console.print(f"internal error: {type(exc).__name__}: {exc} (set RETAIN_DEBUG=1 for the traceback)",
-                          markup=False, highlight=False)
+        err_console.print(
+            f"internal error: {type(exc).__name__}: {exc} (set RETAIN_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(1)
 
 

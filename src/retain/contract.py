@@ -43,14 +43,26 @@ OFFER_TYPES = ("winback_coupon", "subscription")
 #       "bool", or a tuple of allowed text values.
 TABLES: dict[str, dict[str, object]] = {
     "orders": {
-        ORDER_ID: "id", MEMBER_ID: "id", ORDERED_AT: "timestamp", AMOUNT: "money",
-        CATEGORY: "text", QUANTITY: "count", COUPON_ID: "text", STATUS: STATUSES, REFUNDED_AT: "timestamp",
+        ORDER_ID: "id",
+        MEMBER_ID: "id",
+        ORDERED_AT: "timestamp",
+        AMOUNT: "money",
+        CATEGORY: "text",
+        QUANTITY: "count",
+        COUPON_ID: "text",
+        STATUS: STATUSES,
+        REFUNDED_AT: "timestamp",
     },
     "members": {MEMBER_ID: "id", JOINED_AT: "timestamp", TIER: TIERS},
     "events": {MEMBER_ID: "id", EVENT_AT: "timestamp", EVENT_TYPE: EVENT_TYPES, CATEGORY: "text"},
     "offers": {
-        OFFER_ID: "id", MEMBER_ID: "id", SENT_AT: "timestamp", OFFER_TYPE: OFFER_TYPES, TREATED: "bool",
-        VALUE: "money", REDEEMED_AT: "timestamp",
+        OFFER_ID: "id",
+        MEMBER_ID: "id",
+        SENT_AT: "timestamp",
+        OFFER_TYPE: OFFER_TYPES,
+        TREATED: "bool",
+        VALUE: "money",
+        REDEEMED_AT: "timestamp",
     },
     "subscriptions": {MEMBER_ID: "id", CATEGORY: "text", STARTED_AT: "timestamp", ENDED_AT: "timestamp"},
 }
@@ -68,16 +80,22 @@ UNIQUE_KEY = {"orders": ORDER_ID, "offers": OFFER_ID, "members": MEMBER_ID}
 
 # Quarantine reasons (fixed codes) ----------------------------------------------------------------
 MISSING_MEMBER_ID = "missing_member_id"
-MISSING_VALUE = "missing_value"          # another required column is empty
-BAD_DATE = "bad_date"                    # does not parse with the mapping's format
-BAD_AMOUNT = "bad_amount"                # a money or count column that is not a number
+MISSING_VALUE = "missing_value"  # another required column is empty
+BAD_DATE = "bad_date"  # does not parse with the mapping's format
+BAD_AMOUNT = "bad_amount"  # a money or count column that is not a number
 NEGATIVE_AMOUNT = "negative_amount"
-BAD_VALUE = "bad_value"                  # not one of the allowed values (status, tier, event_type, ...)
+BAD_VALUE = "bad_value"  # not one of the allowed values (status, tier, event_type, ...)
 DUPLICATE_KEY = {"orders": "duplicate_order_id", "offers": "duplicate_offer_id", "members": "duplicate_member_id"}
-FUTURE_DATE = "future_date"              # at or after --as-of
+FUTURE_DATE = "future_date"  # at or after --as-of
 REASONS = (
-    MISSING_MEMBER_ID, MISSING_VALUE, BAD_DATE, BAD_AMOUNT, NEGATIVE_AMOUNT, BAD_VALUE,
-    *DUPLICATE_KEY.values(), FUTURE_DATE,
+    MISSING_MEMBER_ID,
+    MISSING_VALUE,
+    BAD_DATE,
+    BAD_AMOUNT,
+    NEGATIVE_AMOUNT,
+    BAD_VALUE,
+    *DUPLICATE_KEY.values(),
+    FUTURE_DATE,
 )
 QUARANTINE_REASON = "_reason"
 QUARANTINE_ROW = "_source_row"
@@ -86,7 +104,9 @@ QUARANTINE_ROW = "_source_row"
 def schema(table: str) -> pa.DataFrameSchema:
     """The pandera schema of a canonical table: the types and rules every written dataset satisfies."""
     columns = {name: _column(table, name, kind) for name, kind in TABLES[table].items()}
-    return pa.DataFrameSchema(columns, strict=True, name=table, unique=[UNIQUE_KEY[table]] if table in UNIQUE_KEY else None)
+    return pa.DataFrameSchema(
+        columns, strict=True, name=table, unique=[UNIQUE_KEY[table]] if table in UNIQUE_KEY else None
+    )
 
 
 def _column(table: str, name: str, kind: object) -> pa.Column:

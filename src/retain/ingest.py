@@ -38,8 +38,8 @@ class TableMapping:
     separator: str = ","
     header: bool = True
     encoding: str = "utf-8"
-    columns: dict[str, str] = field(default_factory=dict)   # canonical name -> source name
-    formats: dict[str, str] = field(default_factory=dict)   # canonical timestamp column -> strptime format
+    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> source name
+    formats: dict[str, str] = field(default_factory=dict)  # canonical timestamp column -> strptime format
     defaults: dict[str, object] = field(default_factory=dict)  # canonical column -> value when the source lacks it
 
 
@@ -77,8 +77,12 @@ def read_source(path: Path, mapping: TableMapping) -> pd.DataFrame:
     text = _decode(path, mapping.encoding)
     separator = r"\s+" if mapping.separator == "whitespace" else mapping.separator
     frame = pd.read_csv(
-        io.StringIO(text), sep=separator, header=0 if mapping.header else None, dtype=str,
-        keep_default_na=False, skip_blank_lines=False,
+        io.StringIO(text),
+        sep=separator,
+        header=0 if mapping.header else None,
+        dtype=str,
+        keep_default_na=False,
+        skip_blank_lines=False,
     )
     if not mapping.header:
         frame.columns = [f"col{i + 1}" for i in range(frame.shape[1])]
@@ -252,9 +256,9 @@ def ingest(
         write_tables(folder, {table: result.rows for table, result in results.items()})
         for table, result in results.items():
             if len(result.quarantine):
-                result.quarantine.astype({col: str for col in result.quarantine.columns if col != c.QUARANTINE_ROW}).to_parquet(
-                    folder / "quarantine" / f"{table}.parquet", index=False
-                )
+                result.quarantine.astype(
+                    {col: str for col in result.quarantine.columns if col != c.QUARANTINE_ROW}
+                ).to_parquet(folder / "quarantine" / f"{table}.parquet", index=False)
         write_metadata(folder, observed_until, currency, extra={"source": "ingest"})
         (folder / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

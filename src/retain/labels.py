@@ -25,7 +25,8 @@ def check_window(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int) -> No
     if end > dataset.observed_until:
         raise RetainError(
             f"The {horizon_days}-day label window from {pd.Timestamp(as_of).date()} ends {end.date()}, after the "
-            f"data's observed period ends ({dataset.observed_until.date()}); pick an earlier cutoff or a shorter horizon."
+            f"data's observed period ends ({dataset.observed_until.date()}); "
+            "pick an earlier cutoff or a shorter horizon."
         )
 
 

@@ -34,11 +34,26 @@ STATIC_FAMILIES = (
 )
 # Counts that are zero, not missing, for a member absent from a table that is present.
 ZERO_WHEN_ABSENT = (
-    "views_30d", "views_90d", "favorites_90d", "carts_30d", "carts_90d", "events_trend_90d", "events_total",
-    "offers_received", "offers_redeemed", "active_subscriptions", "subscriptions_ever",
+    "views_30d",
+    "views_90d",
+    "favorites_90d",
+    "carts_30d",
+    "carts_90d",
+    "events_trend_90d",
+    "events_total",
+    "offers_received",
+    "offers_redeemed",
+    "active_subscriptions",
+    "subscriptions_ever",
 )
-SQL_TYPE = {"id": "VARCHAR", "text": "VARCHAR", "timestamp": "TIMESTAMP", "money": "DOUBLE", "count": "BIGINT",
-            "bool": "BOOLEAN"}
+SQL_TYPE = {
+    "id": "VARCHAR",
+    "text": "VARCHAR",
+    "timestamp": "TIMESTAMP",
+    "money": "DOUBLE",
+    "count": "BIGINT",
+    "bool": "BOOLEAN",
+}
 
 
 def read_sql(name: str) -> str:
@@ -85,8 +100,10 @@ def compute(
     con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp, data_config: DataConfig, tables: set[str]
 ) -> pd.DataFrame:
     """Run every feature family whose tables are present and join them on `member_id`."""
-    params = {":as_of": f"TIMESTAMP '{pd.Timestamp(as_of).isoformat(sep=' ')}'",
-              ":promo_condition": promotion_condition(data_config.promotion_windows)}
+    params = {
+        ":as_of": f"TIMESTAMP '{pd.Timestamp(as_of).isoformat(sep=' ')}'",
+        ":promo_condition": promotion_condition(data_config.promotion_windows),
+    }
     con.execute(_bind(read_sql("prepare"), params))
     families = [(name, read_sql(name)) for name, needs in STATIC_FAMILIES if needs <= tables]
     families.append(("category_mix", category_mix_sql(data_config.categories)))

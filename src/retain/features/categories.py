@@ -19,8 +19,11 @@ def category_mix_sql(categories: dict[str, str]) -> str:
     shares = ",\n    ".join(
         f"avg((category = {quote(name)})::INT) AS cat_share_{slug}" for name, slug in categories.items()
     )
-    other = f"avg((category IS NULL OR category NOT IN ({named}))::INT) AS cat_share_other" if categories else \
-        "1.0 AS cat_share_other"
+    other = (
+        f"avg((category IS NULL OR category NOT IN ({named}))::INT) AS cat_share_other"
+        if categories
+        else "1.0 AS cat_share_other"
+    )
     return f"""
 WITH mix AS (
     SELECT member_id, category, count(*) AS n, sum(count(*)) OVER (PARTITION BY member_id) AS total
@@ -66,7 +69,7 @@ WITH days AS (
     FROM days
 ), per_member AS (
     SELECT member_id,
-        {(","+chr(10)+"        ").join(columns)}
+        {("," + chr(10) + "        ").join(columns)}
     FROM gaps GROUP BY member_id
 )
 SELECT *, least({cv_columns}) AS best_cycle_cv FROM per_member

@@ -22,10 +22,20 @@ WEEK_US = 7 * 86_400 * 1_000_000
 
 
 def simulate_bgnbd(
-    out: Path, members: int, weeks: float, r: float, alpha: float, a: float, b: float, seed: int,
-    start: pd.Timestamp = pd.Timestamp("1997-01-01"), entry_weeks: float = 12.0, currency: str = "USD",
+    out: Path,
+    members: int,
+    weeks: float,
+    r: float,
+    alpha: float,
+    a: float,
+    b: float,
+    seed: int,
+    start: pd.Timestamp | None = None,
+    entry_weeks: float = 12.0,
+    currency: str = "USD",
 ) -> dict:
     """Write a BG/NBD purchase log over `weeks` weeks to the dataset folder `out`; return its metadata."""
+    start = pd.Timestamp(start if start is not None else "1997-01-01")
     rng = np.random.default_rng(seed)
     rate = rng.gamma(r, 1.0 / alpha, members)
     dropout = rng.beta(a, b, members)
@@ -46,20 +56,31 @@ def simulate_bgnbd(
     order = np.lexsort((at_us, member))
     member, at_us = member[order], at_us[order]
     width = max(6, len(str(members)))
-    orders = pa.table({
-        c.ORDER_ID: ids("B", np.arange(len(member)), 9),
-        c.MEMBER_ID: ids("C", member, width),
-        c.ORDERED_AT: pa.array(at_us, pa.timestamp("us")),
-        c.AMOUNT: np.round(spend[member] * rng.gamma(6.0, 1.0 / 6.0, len(member)), 2),
-        c.CATEGORY: pa.array(np.full(len(member), "unknown")),
-        c.STATUS: pa.array(np.full(len(member), c.PAID)),
-    })
-    truth = pa.table({c.MEMBER_ID: ids("C", np.arange(members), width), "purchase_rate_weekly": rate,
-                      "dropout_probability": dropout})
+    orders = pa.table(
+        {
+            c.ORDER_ID: ids("B", np.arange(len(member)), 9),
+            c.MEMBER_ID: ids("C", member, width),
+            c.ORDERED_AT: pa.array(at_us, pa.timestamp("us")),
+            c.AMOUNT: np.round(spend[member] * rng.gamma(6.0, 1.0 / 6.0, len(member)), 2),
+            c.CATEGORY: pa.array(np.full(len(member), "unknown")),
+            c.STATUS: pa.array(np.full(len(member), c.PAID)),
+        }
+    )
+    truth = pa.table(
+        {c.MEMBER_ID: ids("C", np.arange(members), width), "purchase_rate_weekly": rate, "dropout_probability": dropout}
+    )
     observed_until = pd.Timestamp(start) + pd.Timedelta(weeks=weeks)
     with atomic_folder(Path(out)) as folder:
         pq.write_table(orders, folder / "orders.parquet")
         pq.write_table(truth, folder / "truth.parquet")
-        extra = {"source": "simulate", "simulator": {"process": "bgnbd", "members": members, "weeks": weeks,
-                                                     "params": {"r": r, "alpha": alpha, "a": a, "b": b}, "seed": seed}}
+        extra = {
+            "source": "simulate",
+            "simulator": {
+                "process": "bgnbd",
+                "members": members,
+                "weeks": weeks,
+                "params": {"r": r, "alpha": alpha, "a": a, "b": b},
+                "seed": seed,
+            },
+        }
         return write_metadata(folder, observed_until.normalize(), currency, extra=extra)

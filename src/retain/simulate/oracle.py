@@ -69,7 +69,7 @@ def oracle_probabilities(
 
 
 def _no_paid_order(intensity: np.ndarray, process: proc.ShopProcess) -> np.ndarray:
-    """P(no paid ordinary order in a day): an order happens w.p. 1 - exp(-intensity) and is refunded w.p. refund_share."""
+    """P(no paid ordinary order in a day): an order happens w.p. 1 - exp(-intensity), refunded w.p. refund_share."""
     return 1.0 - (1.0 - process.refund_share) * -np.expm1(-intensity)
 
 
@@ -86,7 +86,9 @@ def _coupon_in_force(t: pd.DataFrame, a: int, process: proc.ShopProcess) -> tupl
     """For coupons sent before day `a`: the last valid day and multiplier of the latest one."""
     until = np.full(len(t), -1)
     mult = np.ones(len(t))
-    for i, (days, mults) in enumerate(zip(t["treated_offer_days"].to_numpy(), t["treated_offer_multipliers"].to_numpy())):
+    for i, (days, mults) in enumerate(
+        zip(t["treated_offer_days"].to_numpy(), t["treated_offer_multipliers"].to_numpy(), strict=True)
+    ):
         days = np.asarray(days)
         sent = np.flatnonzero(days < a)
         if len(sent):

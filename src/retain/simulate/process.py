@@ -26,27 +26,27 @@ PROMOTION_WINDOWS = (((6, 1), (6, 18)), ((11, 1), (11, 11)))  # 618 and Double 1
 class ShopProcess:
     """Fixed parameters of the simulated shop (member-level rates are drawn around them)."""
 
-    mean_daily_rate: float = 0.024        # ordinary orders a day while active (about 8.8 a year)
-    rate_shape: float = 0.9               # gamma heterogeneity of the rate
-    mean_active_days: float = 500.0       # mean time before a member starts to disengage
+    mean_daily_rate: float = 0.024  # ordinary orders a day while active (about 8.8 a year)
+    rate_shape: float = 0.9  # gamma heterogeneity of the rate
+    mean_active_days: float = 500.0  # mean time before a member starts to disengage
     lifetime_shape: float = 1.2
-    disengaging_days: float = 60.0        # mean length of the disengaging stage before dropout
+    disengaging_days: float = 60.0  # mean length of the disengaging stage before dropout
     disengaged_purchase_factor: float = 0.35
     disengaged_browse_factor: float = 0.2
-    refund_share: float = 0.06            # of ordinary orders
-    promo_only_share: float = 0.10        # members who buy almost only during promotions
-    cycle_buyer_share: float = 0.30       # members with a replenishment cycle
-    cycle_shape: float = 16.0             # gamma shape of cycle gaps (coefficient of variation 0.25)
-    browse_per_order: float = 2.6         # browsing events a day per unit of purchase rate
-    coupon_days: int = 14                 # a win-back coupon is valid for this many days after sending
+    refund_share: float = 0.06  # of ordinary orders
+    promo_only_share: float = 0.10  # members who buy almost only during promotions
+    cycle_buyer_share: float = 0.30  # members with a replenishment cycle
+    cycle_shape: float = 16.0  # gamma shape of cycle gaps (coefficient of variation 0.25)
+    browse_per_order: float = 2.6  # browsing events a day per unit of purchase rate
+    coupon_days: int = 14  # a win-back coupon is valid for this many days after sending
     campaign_every_days: int = 30
-    campaign_min_recency_days: int = 60   # members this long without an order are campaign targets
+    campaign_min_recency_days: int = 60  # members this long without an order are campaign targets
     campaign_share: float = 0.15
-    control_share: float = 0.2            # of targeted members, held out at random
+    control_share: float = 0.2  # of targeted members, held out at random
     coupon_values: tuple[float, ...] = (10.0, 30.0, 50.0)
     coupon_thresholds: tuple[float, ...] = (100.0, 200.0, 300.0)
-    join_share_of_period: float = 0.92    # members join uniformly over this share of the period
-    join_order_probability: float = 0.8   # a new member orders on the day of joining
+    join_share_of_period: float = 0.92  # members join uniformly over this share of the period
+    join_order_probability: float = 0.8  # a new member orders on the day of joining
 
 
 PROCESS = ShopProcess()
@@ -64,7 +64,9 @@ def promotion_days(days: pd.DatetimeIndex) -> np.ndarray:
 def season(days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
     """Daily intensity multipliers (regular members, promotion-only members), peaking on 6/18 and 11/11."""
     promo = promotion_days(days)
-    peak = ((days.month == 6) & (days.day >= 16) & (days.day <= 18)) | ((days.month == 11) & (days.day >= 9) & (days.day <= 11))
+    peak = ((days.month == 6) & (days.day >= 16) & (days.day <= 18)) | (
+        (days.month == 11) & (days.day >= 9) & (days.day <= 11)
+    )
     regular = 1.0 + 0.8 * promo + 2.0 * peak
     promo_only = np.where(promo, 5.0, 0.06) + 6.0 * peak
     return regular, promo_only

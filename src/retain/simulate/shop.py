@@ -22,6 +22,7 @@ from retain.dataset import atomic_folder, write_metadata
 from retain.simulate import process as proc
 
 CHUNK_MEMBERS = 100_000
+DEFAULT_START = "2024-01-01"
 DAY_US = 86_400 * 1_000_000
 RESPONSE_TYPES = ("persuadable", "unaffected", "sleeping_dog")
 RESPONSE_SHARES = (0.35, 0.50, 0.15)
@@ -30,25 +31,47 @@ BROWSE_TYPES = np.array(c.EVENT_TYPES)
 BROWSE_TYPE_SHARES = (0.75, 0.10, 0.15)
 
 TABLE_SCHEMAS = {
-    "orders": pa.schema([
-        (c.ORDER_ID, pa.string()), (c.MEMBER_ID, pa.string()), (c.ORDERED_AT, pa.timestamp("us")),
-        (c.AMOUNT, pa.float64()), (c.CATEGORY, pa.string()), (c.QUANTITY, pa.int64()),
-        (c.COUPON_ID, pa.string()), (c.STATUS, pa.string()), (c.REFUNDED_AT, pa.timestamp("us")),
-    ]),
+    "orders": pa.schema(
+        [
+            (c.ORDER_ID, pa.string()),
+            (c.MEMBER_ID, pa.string()),
+            (c.ORDERED_AT, pa.timestamp("us")),
+            (c.AMOUNT, pa.float64()),
+            (c.CATEGORY, pa.string()),
+            (c.QUANTITY, pa.int64()),
+            (c.COUPON_ID, pa.string()),
+            (c.STATUS, pa.string()),
+            (c.REFUNDED_AT, pa.timestamp("us")),
+        ]
+    ),
     "members": pa.schema([(c.MEMBER_ID, pa.string()), (c.JOINED_AT, pa.timestamp("us")), (c.TIER, pa.string())]),
-    "events": pa.schema([
-        (c.MEMBER_ID, pa.string()), (c.EVENT_AT, pa.timestamp("us")), (c.EVENT_TYPE, pa.string()),
-        (c.CATEGORY, pa.string()),
-    ]),
-    "offers": pa.schema([
-        (c.OFFER_ID, pa.string()), (c.MEMBER_ID, pa.string()), (c.SENT_AT, pa.timestamp("us")),
-        (c.OFFER_TYPE, pa.string()), (c.TREATED, pa.bool_()), (c.VALUE, pa.float64()),
-        (c.REDEEMED_AT, pa.timestamp("us")),
-    ]),
-    "subscriptions": pa.schema([
-        (c.MEMBER_ID, pa.string()), (c.CATEGORY, pa.string()), (c.STARTED_AT, pa.timestamp("us")),
-        (c.ENDED_AT, pa.timestamp("us")),
-    ]),
+    "events": pa.schema(
+        [
+            (c.MEMBER_ID, pa.string()),
+            (c.EVENT_AT, pa.timestamp("us")),
+            (c.EVENT_TYPE, pa.string()),
+            (c.CATEGORY, pa.string()),
+        ]
+    ),
+    "offers": pa.schema(
+        [
+            (c.OFFER_ID, pa.string()),
+            (c.MEMBER_ID, pa.string()),
+            (c.SENT_AT, pa.timestamp("us")),
+            (c.OFFER_TYPE, pa.string()),
+            (c.TREATED, pa.bool_()),
+            (c.VALUE, pa.float64()),
+            (c.REDEEMED_AT, pa.timestamp("us")),
+        ]
+    ),
+    "subscriptions": pa.schema(
+        [
+            (c.MEMBER_ID, pa.string()),
+            (c.CATEGORY, pa.string()),
+            (c.STARTED_AT, pa.timestamp("us")),
+            (c.ENDED_AT, pa.timestamp("us")),
+        ]
+    ),
 }
 
 
@@ -61,13 +84,13 @@ class Members:
     rate: np.ndarray
     p_disengage: np.ndarray
     browse_rate: np.ndarray
-    cycle: np.ndarray           # index into CYCLE_DAYS, -1 without a cycle
+    cycle: np.ndarray  # index into CYCLE_DAYS, -1 without a cycle
     cycle_category: np.ndarray  # index into CATEGORIES, -1 without a cycle
     first_renewal: np.ndarray
-    mix_cdf: np.ndarray         # (n, categories) cumulative category preferences
+    mix_cdf: np.ndarray  # (n, categories) cumulative category preferences
     spend_level: np.ndarray
     response_type: np.ndarray
-    response: np.ndarray        # coupon multiplier on the order intensity at a 30-yuan coupon
+    response: np.ndarray  # coupon multiplier on the order intensity at a 30-yuan coupon
     tier: np.ndarray
 
 
@@ -108,7 +131,7 @@ class History:
 
     order_member: list
     order_day: list
-    order_kind: list    # 0 ordinary, 1 cycle renewal, 2 order on joining
+    order_kind: list  # 0 ordinary, 1 cycle renewal, 2 order on joining
     browse_member: list
     browse_day: list
     offer_member: list
@@ -219,7 +242,7 @@ def simulate_shop(
     members: int,
     days: int,
     seed: int,
-    start: pd.Timestamp = pd.Timestamp("2024-01-01"),
+    start: pd.Timestamp | None = None,
     currency: str = "CNY",
     process: proc.ShopProcess = proc.PROCESS,
     on_chunk: Callable[[int, int], None] | None = None,
@@ -227,6 +250,7 @@ def simulate_shop(
     """Simulate `members` members over `days` days into the dataset folder `out`; return its metadata."""
     from retain.simulate.tables import chunk_tables  # the table builders live beside the day loop
 
+    start = pd.Timestamp(start if start is not None else DEFAULT_START)
     calendar = pd.date_range(start, periods=days, freq="D")
     start_us = start.value // 1000
     width = max(7, len(str(members)))
@@ -251,7 +275,9 @@ def simulate_shop(
             for writer in [*writers.values(), truth_writer]:
                 if writer is not None:
                     writer.close()
-        extra = {"source": "simulate", "simulator": {"members": members, "days": days, "seed": seed,
-                                                     "start": start.isoformat()}}
+        extra = {
+            "source": "simulate",
+            "simulator": {"members": members, "days": days, "seed": seed, "start": start.isoformat()},
+        }
         metadata = write_metadata(folder, calendar[-1] + pd.Timedelta(days=1), currency, extra=extra)
     return metadata

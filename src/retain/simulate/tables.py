@@ -24,8 +24,15 @@ TIER_NAMES = pa.array(c.TIERS)
 
 
 def chunk_tables(
-    rng: np.random.Generator, chunk: int, first_member: int, m: Members, h: History,
-    calendar: pd.DatetimeIndex, start_us: int, width: int, p: proc.ShopProcess,
+    rng: np.random.Generator,
+    chunk: int,
+    first_member: int,
+    m: Members,
+    h: History,
+    calendar: pd.DatetimeIndex,
+    start_us: int,
+    width: int,
+    p: proc.ShopProcess,
 ) -> dict[str, pa.Table]:
     n, days = len(m.rate), len(calendar)
     member_ids = ids("M", np.arange(first_member, first_member + n), width)
@@ -36,30 +43,46 @@ def chunk_tables(
     order_seconds = rng.integers(8 * 3600, 86_400, len(order_member))
     ordered_us = start_us + order_day.astype(np.int64) * DAY_US + order_seconds * 1_000_000
     offers, redeemed_order = _offers(rng, chunk, m, h, member_ids, order_member, ordered_us, start_us, p)
-    orders = _orders(rng, chunk, m, member_ids, order_member, order_day, order_kind, ordered_us, end_us,
-                     redeemed_order, offers, calendar)
+    orders = _orders(
+        rng,
+        chunk,
+        m,
+        member_ids,
+        order_member,
+        order_day,
+        order_kind,
+        ordered_us,
+        end_us,
+        redeemed_order,
+        offers,
+        calendar,
+    )
     events = _events(rng, m, h, member_ids, order_member, ordered_us, start_us)
-    members = pa.table({
-        c.MEMBER_ID: member_ids,
-        c.JOINED_AT: timestamps(start_us, m.join_day, rng.integers(0, 86_400, n)),
-        c.TIER: TIER_NAMES.take(pa.array(m.tier)),
-    })
+    members = pa.table(
+        {
+            c.MEMBER_ID: member_ids,
+            c.JOINED_AT: timestamps(start_us, m.join_day, rng.integers(0, 86_400, n)),
+            c.TIER: TIER_NAMES.take(pa.array(m.tier)),
+        }
+    )
     return {
-        "orders": orders, "events": events, "members": members, "offers": offers,
+        "orders": orders,
+        "events": events,
+        "members": members,
+        "offers": offers,
         "subscriptions": _subscriptions(rng, m, h, member_ids, start_us, days),
         "truth": _truth(m, h, member_ids, calendar[0]),
     }
 
 
-def _orders(rng, chunk, m, member_ids, order_member, order_day, order_kind, ordered_us, end_us,
-            redeemed_order, offers, calendar) -> pa.Table:
+def _orders(
+    rng, chunk, m, member_ids, order_member, order_day, order_kind, ordered_us, end_us, redeemed_order, offers, calendar
+) -> pa.Table:
     k = len(order_member)
     u = rng.random(k)
     category = (u[:, None] > m.mix_cdf[order_member]).sum(axis=1).clip(0, len(proc.CATEGORIES) - 1)
     category = np.where(order_kind == 1, m.cycle_category[order_member], category)
-    amount = np.round(
-        m.spend_level[order_member] * proc.PRICE_FACTOR[category] * rng.gamma(6.0, 1.0 / 6.0, k), 2
-    )
+    amount = np.round(m.spend_level[order_member] * proc.PRICE_FACTOR[category] * rng.gamma(6.0, 1.0 / 6.0, k), 2)
     refunded_us = ordered_us + rng.integers(1, 16, k) * DAY_US
     # A refund recorded after the observed period is not known yet: the order still reads as paid.
     refunded = (order_kind == 0) & (rng.random(k) < proc.PROCESS.refund_share) & (refunded_us < end_us)
@@ -72,17 +95,19 @@ def _orders(rng, chunk, m, member_ids, order_member, order_day, order_kind, orde
     ).astype(object)
     redeemed = redeemed_order >= 0
     coupon[redeemed_order[redeemed]] = np.asarray(offers[c.OFFER_ID].to_pylist(), dtype=object)[redeemed]
-    return pa.table({
-        c.ORDER_ID: ids(f"O{chunk:04d}", np.arange(k), 9),
-        c.MEMBER_ID: member_ids.take(pa.array(order_member)),
-        c.ORDERED_AT: pa.array(ordered_us, pa.timestamp("us")),
-        c.AMOUNT: amount,
-        c.CATEGORY: CATEGORY_NAMES.take(pa.array(category)),
-        c.QUANTITY: 1 + rng.poisson(0.3, k),
-        c.COUPON_ID: pa.array(coupon, pa.string()),
-        c.STATUS: pa.array(np.where(refunded, c.REFUNDED, c.PAID)),
-        c.REFUNDED_AT: pa.array(np.where(refunded, refunded_us, 0), pa.timestamp("us"), mask=~refunded),
-    })
+    return pa.table(
+        {
+            c.ORDER_ID: ids(f"O{chunk:04d}", np.arange(k), 9),
+            c.MEMBER_ID: member_ids.take(pa.array(order_member)),
+            c.ORDERED_AT: pa.array(ordered_us, pa.timestamp("us")),
+            c.AMOUNT: amount,
+            c.CATEGORY: CATEGORY_NAMES.take(pa.array(category)),
+            c.QUANTITY: 1 + rng.poisson(0.3, k),
+            c.COUPON_ID: pa.array(coupon, pa.string()),
+            c.STATUS: pa.array(np.where(refunded, c.REFUNDED, c.PAID)),
+            c.REFUNDED_AT: pa.array(np.where(refunded, refunded_us, 0), pa.timestamp("us"), mask=~refunded),
+        }
+    )
 
 
 def _offers(rng, chunk, m, h, member_ids, order_member, ordered_us, start_us, p):
@@ -94,15 +119,17 @@ def _offers(rng, chunk, m, h, member_ids, order_member, ordered_us, start_us, p)
     sent_us = start_us + day.astype(np.int64) * DAY_US + 10 * 3600 * 1_000_000
     redeemed_order = _first_order_in_window(member, day, treated, order_member, ordered_us, start_us, p.coupon_days)
     redeemed_us = np.where(redeemed_order >= 0, ordered_us[np.maximum(redeemed_order, 0)], 0)
-    table = pa.table({
-        c.OFFER_ID: ids(f"WB{chunk:04d}", np.arange(len(member)), 8),
-        c.MEMBER_ID: member_ids.take(pa.array(member)),
-        c.SENT_AT: pa.array(sent_us, pa.timestamp("us")),
-        c.OFFER_TYPE: pa.array(np.full(len(member), "winback_coupon")),
-        c.TREATED: pa.array(treated),
-        c.VALUE: pa.array(value, pa.float64()),
-        c.REDEEMED_AT: pa.array(redeemed_us, pa.timestamp("us"), mask=redeemed_order < 0),
-    })
+    table = pa.table(
+        {
+            c.OFFER_ID: ids(f"WB{chunk:04d}", np.arange(len(member)), 8),
+            c.MEMBER_ID: member_ids.take(pa.array(member)),
+            c.SENT_AT: pa.array(sent_us, pa.timestamp("us")),
+            c.OFFER_TYPE: pa.array(np.full(len(member), "winback_coupon")),
+            c.TREATED: pa.array(treated),
+            c.VALUE: pa.array(value, pa.float64()),
+            c.REDEEMED_AT: pa.array(redeemed_us, pa.timestamp("us"), mask=redeemed_order < 0),
+        }
+    )
     return table, redeemed_order
 
 
@@ -112,10 +139,15 @@ def _first_order_in_window(member, day, treated, order_member, ordered_us, start
     if not len(member) or not len(order_member):
         return result
     orders = pd.DataFrame({"member": order_member, "t": ordered_us, "row": np.arange(len(order_member))})
-    offers = pd.DataFrame({"member": member, "t": start_us + (day.astype(np.int64) + 1) * DAY_US,
-                           "offer": np.arange(len(member))})
+    offers = pd.DataFrame(
+        {"member": member, "t": start_us + (day.astype(np.int64) + 1) * DAY_US, "offer": np.arange(len(member))}
+    )
     matched = pd.merge_asof(
-        offers.sort_values("t"), orders.sort_values("t"), on="t", by="member", direction="forward",
+        offers.sort_values("t"),
+        orders.sort_values("t"),
+        on="t",
+        by="member",
+        direction="forward",
         tolerance=window_days * DAY_US - 1,
     )
     matched = matched[matched["row"].notna() & treated[matched["offer"].to_numpy()]]
@@ -139,12 +171,14 @@ def _events(rng, m, h, member_ids, order_member, ordered_us, start_us) -> pa.Tab
     kind = np.concatenate([browse_type, np.zeros(len(order_member), int), np.full(int(with_cart.sum()), 2)])
     category = (rng.random(len(member))[:, None] > m.mix_cdf[member]).sum(axis=1).clip(0, len(proc.CATEGORIES) - 1)
     order = np.argsort(at_us, kind="stable")
-    return pa.table({
-        c.MEMBER_ID: member_ids.take(pa.array(member[order])),
-        c.EVENT_AT: pa.array(at_us[order], pa.timestamp("us")),
-        c.EVENT_TYPE: pa.array(BROWSE_TYPES[kind[order]]),
-        c.CATEGORY: CATEGORY_NAMES.take(pa.array(category[order])),
-    })
+    return pa.table(
+        {
+            c.MEMBER_ID: member_ids.take(pa.array(member[order])),
+            c.EVENT_AT: pa.array(at_us[order], pa.timestamp("us")),
+            c.EVENT_TYPE: pa.array(BROWSE_TYPES[kind[order]]),
+            c.CATEGORY: CATEGORY_NAMES.take(pa.array(category[order])),
+        }
+    )
 
 
 def _subscriptions(rng, m, h, member_ids, start_us, days) -> pa.Table:
@@ -156,12 +190,16 @@ def _subscriptions(rng, m, h, member_ids, start_us, days) -> pa.Table:
     end_day = end_of_life + rng.integers(0, 30, n)
     ended = holds & (end_day < days)
     rows = np.flatnonzero(holds)
-    return pa.table({
-        c.MEMBER_ID: member_ids.take(pa.array(rows)),
-        c.CATEGORY: CATEGORY_NAMES.take(pa.array(m.cycle_category[rows])),
-        c.STARTED_AT: timestamps(start_us, start_day[rows], np.full(len(rows), 9 * 3600)),
-        c.ENDED_AT: pa.array(start_us + end_day[rows].astype(np.int64) * DAY_US, pa.timestamp("us"), mask=~ended[rows]),
-    })
+    return pa.table(
+        {
+            c.MEMBER_ID: member_ids.take(pa.array(rows)),
+            c.CATEGORY: CATEGORY_NAMES.take(pa.array(m.cycle_category[rows])),
+            c.STARTED_AT: timestamps(start_us, start_day[rows], np.full(len(rows), 9 * 3600)),
+            c.ENDED_AT: pa.array(
+                start_us + end_day[rows].astype(np.int64) * DAY_US, pa.timestamp("us"), mask=~ended[rows]
+            ),
+        }
+    )
 
 
 def _truth(m: Members, h: History, member_ids: pa.Array, start: pd.Timestamp) -> pa.Table:
@@ -186,23 +224,31 @@ def _truth(m: Members, h: History, member_ids: pa.Array, start: pd.Timestamp) ->
     o_member = offer_member[keep][o_order]
     o_offsets = np.concatenate([[0], np.cumsum(np.bincount(o_member, minlength=n))])
     o_mult = proc.coupon_multiplier(m.response[o_member], offer_value[keep][o_order])
-    return pa.table({
-        c.MEMBER_ID: member_ids,
-        "sim_start": pa.array(np.full(n, start.value // 1000), pa.timestamp("us")),
-        "join_day": m.join_day.astype(np.int32),
-        "promo_only": m.promo_only,
-        "purchase_rate": m.rate,
-        "p_disengage": m.p_disengage,
-        "disengaged_day": h.disengaged_day.astype(np.int32),
-        "died_day": h.died_day.astype(np.int32),
-        "cycle_days": np.where(m.cycle >= 0, proc.CYCLE_DAYS[np.maximum(m.cycle, 0)], 0).astype(np.int32),
-        "cycle_category": pa.array(np.where(m.cycle >= 0, np.array(proc.CATEGORIES)[np.maximum(m.cycle_category, 0)], None)),
-        "renewal_days": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32))),
-        "spend_level": m.spend_level,
-        "response_type": pa.array(np.array(RESPONSE_TYPES)[m.response_type]),
-        "coupon_response": m.response,
-        "treated_offer_days": pa.ListArray.from_arrays(
-            pa.array(o_offsets.astype(np.int32)), pa.array(offer_day[keep][o_order].astype(np.int32))
-        ),
-        "treated_offer_multipliers": pa.ListArray.from_arrays(pa.array(o_offsets.astype(np.int32)), pa.array(o_mult)),
-    })
+    return pa.table(
+        {
+            c.MEMBER_ID: member_ids,
+            "sim_start": pa.array(np.full(n, start.value // 1000), pa.timestamp("us")),
+            "join_day": m.join_day.astype(np.int32),
+            "promo_only": m.promo_only,
+            "purchase_rate": m.rate,
+            "p_disengage": m.p_disengage,
+            "disengaged_day": h.disengaged_day.astype(np.int32),
+            "died_day": h.died_day.astype(np.int32),
+            "cycle_days": np.where(m.cycle >= 0, proc.CYCLE_DAYS[np.maximum(m.cycle, 0)], 0).astype(np.int32),
+            "cycle_category": pa.array(
+                np.where(m.cycle >= 0, np.array(proc.CATEGORIES)[np.maximum(m.cycle_category, 0)], None)
+            ),
+            "renewal_days": pa.ListArray.from_arrays(
+                pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32))
+            ),
+            "spend_level": m.spend_level,
+            "response_type": pa.array(np.array(RESPONSE_TYPES)[m.response_type]),
+            "coupon_response": m.response,
+            "treated_offer_days": pa.ListArray.from_arrays(
+                pa.array(o_offsets.astype(np.int32)), pa.array(offer_day[keep][o_order].astype(np.int32))
+            ),
+            "treated_offer_multipliers": pa.ListArray.from_arrays(
+                pa.array(o_offsets.astype(np.int32)), pa.array(o_mult)
+            ),
+        }
+    )

@@ -1,0 +1,69 @@
+"""Shared helpers: tiny canonical datasets written from inline frames, and small simulated shops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retain.config import Config, load_config
+from retain.dataset import Dataset, open_dataset, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CDNOW_MASTER = SHARED / "data" / "cdnow" / "CDNOW_master.txt"
+CDNOW_SAMPLE = SHARED / "data" / "cdnow" / "CDNOW_sample.txt"
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return load_config(ROOT / "retain.toml", environ={})
+
+
+def orders_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Orders from (member_id, ordered_at, amount[, category[, status[, refunded_at]]]) tuples."""
+    records = []
+    for i, row in enumerate(rows):
+        member, at, amount, *rest = row
+        category = rest[0] if len(rest) > 0 else "食品"
+        status = rest[1] if len(rest) > 1 else "paid"
+        refunded_at = pd.Timestamp(rest[2]) if len(rest) > 2 and rest[2] else pd.NaT
+        records.append(
+            {
+                "order_id": f"o{i}",
+                "member_id": member,
+                "ordered_at": pd.Timestamp(at),
+                "amount": float(amount),
+                "category": category,
+                "quantity": 1,
+                "coupon_id": None,
+                "status": status,
+                "refunded_at": refunded_at,
+            }
+        )
+    frame = pd.DataFrame(records)
+    frame["quantity"] = frame["quantity"].astype("Int64")
+    frame["coupon_id"] = frame["coupon_id"].astype("str").where(frame["coupon_id"].notna())
+    for col in ("ordered_at", "refunded_at"):
+        frame[col] = frame[col].astype("datetime64[us]")
+    return frame
+
+
+def make_dataset(tmp_path: Path, tables: dict[str, pd.DataFrame], observed_until: str, name: str = "ds") -> Dataset:
+    write_dataset(tmp_path / name, tables, pd.Timestamp(observed_until), "CNY")
+    return open_dataset(tmp_path / name)
+
+
+@pytest.fixture(scope="session")
+def small_shop(tmp_path_factory) -> Dataset:
+    """A small simulated shop (3,000 members over 400 days, fixed seed) shared by model-level tests."""
+    from retain.simulate import simulate_shop
+
+    out = tmp_path_factory.mktemp("shop") / "small"
+    simulate_shop(out, members=3000, days=400, seed=11)
+    return open_dataset(out)

@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import CDNOW_MASTER, ROOT
+
+from retain import contract as c
+from retain.errors import RetainError
+from retain.ingest import IngestRejected, ingest
+
+HEADER = "order_id,member_id,ordered_at,amount,category,status\n"
+
+
+def write(tmp_path, text, name="orders.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_cdnow_ingests_with_every_row_kept(tmp_path):
+    report = ingest(
+        {"orders": CDNOW_MASTER}, tmp_path / "cdnow", ROOT / "examples" / "cdnow_mapping.toml", currency="USD"
+    )
+    assert report["tables"]["orders"] == {
+        "rows_read": 69659,
+        "rows_kept": 69659,
+        "rows_quarantined": 0,
+        "quarantined_by_reason": {},
+    }
+    orders = pd.read_parquet(tmp_path / "cdnow" / "orders.parquet")
+    assert orders["order_id"].is_unique and orders["member_id"].nunique() == 23570
+    meta = json.loads((tmp_path / "cdnow" / "dataset.json").read_text())
+    assert meta["observed_until"].startswith("1998-07-01") and meta["currency"] == "USD"
+    assert (orders["status"] == "paid").all()  # an order without status is paid
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("o2,,2025-01-02,10,食品,paid", "missing_member_id"),
+        ("o2,m2,2025-13-45,10,食品,paid", "bad_date"),
+        ("o2,m2,2025-01-02,ten,食品,paid", "bad_amount"),
+        ("o2,m2,2025-01-02,-5,食品,paid", "negative_amount"),
+        ("o1,m2,2025-01-02,10,食品,paid", "duplicate_order_id"),
+        ("o2,m2,2025-03-01,10,食品,paid", "future_date"),
+        ("o2,m2,2025-01-02,10,食品,shipped", "bad_value"),
+    ],
+)
+def test_each_bad_row_is_quarantined_with_its_reason_and_line(tmp_path, row, reason):
+    good = [f"o{i},m{i},2025-01-0{i % 9 + 1},10,食品,paid" for i in range(1, 200)]
+    text = HEADER + good[0] + "\n" + row + "\n" + "\n".join(good[1:]).replace("o1,", "o1x,") + "\n"
+    report = ingest(
+        {"orders": write(tmp_path, text)}, tmp_path / "out", as_of=pd.Timestamp("2025-02-01"), max_bad_share=0.05
+    )
+    counts = report["tables"]["orders"]
+    assert counts["quarantined_by_reason"] == {reason: 1}
+    assert counts["rows_kept"] + counts["rows_quarantined"] == counts["rows_read"] == 200
+    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine" / "orders.parquet")
+    assert quarantine[c.QUARANTINE_REASON].tolist() == [reason]
+    assert quarantine[c.QUARANTINE_ROW].tolist() == [3]  # header is line 1, the first good row line 2
+    kept = pd.read_parquet(tmp_path / "out" / "orders.parquet")
+    assert kept["order_id"].iloc[0] == "o1"  # the first of two duplicate ids is the one kept
+
+
+def test_identical_rows_without_order_id_are_all_kept_as_repeat_purchases(tmp_path):
+    text = "member_id,ordered_at,amount\nm1,2025-01-02,10\nm1,2025-01-02,10\n"
+    report = ingest({"orders": write(tmp_path, text)}, tmp_path / "out")
+    assert report["tables"]["orders"]["rows_kept"] == 2
+    ids = pd.read_parquet(tmp_path / "out" / "orders.parquet")["order_id"].tolist()
+    assert ids == ["orders.csv:2", "orders.csv:3"]
+
+
+def test_too_many_bad_rows_fail_and_write_nothing(tmp_path):
+    text = HEADER + "o1,m1,2025-01-02,10,食品,paid\no2,m2,not-a-date,10,食品,paid\n"
+    with pytest.raises(IngestRejected, match="max_bad_share") as info:
+        ingest({"orders": write(tmp_path, text)}, tmp_path / "out")
+    assert "line 3: bad_date" in info.value.details
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.csv"]  # not --out, nor beside it
+
+
+def test_a_missing_required_column_names_it_and_the_columns_found(tmp_path):
+    text = "order_id,member_id,amount\no1,m1,10\n"
+    with pytest.raises(RetainError, match=r"ordered_at.*\['order_id', 'member_id', 'amount'\]"):
+        ingest({"orders": write(tmp_path, text)}, tmp_path / "out")
+
+
+def test_an_orders_file_with_no_rows_is_an_error(tmp_path):
+    with pytest.raises(RetainError, match="no rows"):
+        ingest({"orders": write(tmp_path, HEADER)}, tmp_path / "out")
+
+
+def test_a_file_in_the_wrong_encoding_is_named(tmp_path):
+    path = write(tmp_path, HEADER + "o1,m1,2025-01-02,10,家电3C,paid\n", encoding="gbk")
+    with pytest.raises(RetainError, match=r"orders\.csv is not valid utf-8"):
+        ingest({"orders": path}, tmp_path / "out")
+
+
+def test_utf8_with_a_byte_order_mark_is_accepted(tmp_path):
+    path = write(tmp_path, "\ufeff" + HEADER + "o1,m1,2025-01-02,10,食品,paid\n")
+    report = ingest({"orders": path}, tmp_path / "out")
+    assert report["tables"]["orders"]["rows_kept"] == 1
+    assert pd.read_parquet(tmp_path / "out" / "orders.parquet")["category"].tolist() == ["食品"]
+
+
+def test_events_of_members_without_orders_are_kept(tmp_path):
+    orders = write(tmp_path, HEADER + "o1,m1,2025-01-02,10,食品,paid\n")
+    events = write(tmp_path, "member_id,event_at,event_type\nm9,2025-01-01 10:00:00,view\n", name="events.csv")
+    report = ingest({"orders": orders, "events": events}, tmp_path / "out")
+    assert report["tables"]["events"]["rows_kept"] == 1
+
+
+def test_the_cli_prints_one_sentence_and_exits_2_on_bad_input(tmp_path):
+    text = HEADER + "o1,m1,2025-01-02,10,食品,paid\no2,m2,not-a-date,10,食品,paid\n"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "retain.cli",
+            "ingest",
+            "--orders",
+            str(write(tmp_path, text)),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "line 3: bad_date" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 50.0% of the orders rows are bad")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from retain import contract as c
+from retain import labels
+from retain.dataset import open_dataset
+from retain.simulate import oracle_probabilities, simulate_bgnbd, simulate_shop
+
+
+def test_the_same_seed_gives_the_same_dataset(tmp_path):
+    a = simulate_shop(tmp_path / "a", members=500, days=120, seed=3)
+    b = simulate_shop(tmp_path / "b", members=500, days=120, seed=3)
+    c_ = simulate_shop(tmp_path / "c", members=500, days=120, seed=4)
+    assert a["fingerprint"] == b["fingerprint"] != c_["fingerprint"]
+
+
+def test_every_table_satisfies_the_contract(small_shop):
+    for table in c.TABLES:
+        assert small_shop.has(table)
+        c.schema(table).validate(small_shop.read(table))
+    assert small_shop.observed_until == pd.Timestamp("2024-01-01") + pd.Timedelta(days=400)
+
+
+def test_the_shop_looks_like_a_flagship_store(small_shop):
+    orders, events = small_shop.read("orders"), small_shop.read("events")
+    assert 2.5 < len(events) / len(orders) < 3.5  # about three browsing events per order
+    assert set(orders[c.CATEGORY]) == {"家电3C", "美妆个护", "服饰鞋包", "食品", "母婴", "家居智能", "健康器械"}
+    assert 0.02 < (orders[c.STATUS] == c.REFUNDED).mean() < 0.08
+    daily = orders.groupby(orders[c.ORDERED_AT].dt.normalize()).size()
+    assert daily.loc["2024-11-11"] > 2 * daily.loc["2024-10-01":"2024-10-31"].mean()  # Double 11
+    assert daily.loc["2024-06-18"] > 2 * daily.loc["2024-05-01":"2024-05-31"].mean()  # 618
+    offers = small_shop.read("offers")
+    assert 0.1 < (~offers[c.TREATED]).mean() < 0.3  # a held-out control group
+    assert offers.loc[~offers[c.TREATED], c.REDEEMED_AT].isna().all()
+
+
+def test_disengaging_members_browse_less_before_they_stop(small_shop):
+    truth = pd.read_parquet(small_shop.path / "truth.parquet")
+    events = small_shop.read("events")
+    start = pd.Timestamp("2024-01-01")
+    day = (events[c.EVENT_AT] - start).dt.days
+    events = events.assign(day=day).merge(truth[[c.MEMBER_ID, "disengaged_day", "died_day"]], on=c.MEMBER_ID)
+    stopped = events[(events["disengaged_day"] > 60) & (events["died_day"] > 0)]
+    before = stopped[(stopped["day"] < stopped["disengaged_day"]) & (stopped["day"] >= stopped["disengaged_day"] - 60)]
+    during = stopped[(stopped["day"] >= stopped["disengaged_day"]) & (stopped["day"] < stopped["died_day"])]
+    days_during = (stopped.drop_duplicates(c.MEMBER_ID).eval("died_day - disengaged_day")).sum()
+    members = stopped[c.MEMBER_ID].nunique()
+    assert len(during) / days_during < 0.5 * len(before) / (60 * members)
+
+
+@pytest.mark.parametrize(("as_of", "horizon"), [("2024-09-01", 90), ("2024-11-01", 30)])
+def test_the_oracle_is_calibrated_against_what_happened(small_shop, as_of, horizon):
+    truth = pd.read_parquet(small_shop.path / "truth.parquet")
+    y = labels.build(small_shop, pd.Timestamp(as_of), "churn", horizon)
+    p = oracle_probabilities(truth, pd.Timestamp(as_of), horizon)["p_churn"].loc[y.index]
+    assert abs(p.mean() - y.mean()) < 0.02
+    bins = pd.cut(p, [0, 0.2, 0.5, 0.8, 1.0], include_lowest=True)
+    by_bin = pd.DataFrame({"p": p, "y": y}).groupby(bins, observed=True).mean()
+    assert (by_bin["p"] - by_bin["y"]).abs().max() < 0.06
+
+
+def test_the_bgnbd_process_writes_a_plain_order_log(tmp_path):
+    meta = simulate_bgnbd(tmp_path / "b", members=2000, weeks=52, r=0.243, alpha=4.414, a=0.793, b=2.426, seed=1)
+    ds = open_dataset(tmp_path / "b")
+    orders = ds.read("orders")
+    assert orders[c.MEMBER_ID].nunique() == 2000  # everyone makes a first purchase
+    assert orders[c.ORDERED_AT].max() < ds.observed_until
+    truth = pd.read_parquet(tmp_path / "b" / "truth.parquet")
+    assert truth["purchase_rate_weekly"].mean() == pytest.approx(0.243 / 4.414, rel=0.15)
+    assert meta["simulator"]["params"] == {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    repeat = orders.groupby(c.MEMBER_ID).size() - 1
+    assert 0.5 < repeat.mean() < 3 and np.isfinite(orders[c.AMOUNT]).all()
