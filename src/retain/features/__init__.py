@@ -19,14 +19,15 @@ import pandas as pd
 from retain import contract as c
 from retain.config import DataConfig
 from retain.dataset import Dataset
-from retain.features.categories import category_mix_sql, cycles_sql, quote
+from retain.features.categories import category_mix_aggregates, category_mix_summary, cycles_sql, quote
 
-# Feature families: (name, tables they need). Each is a SELECT returning one row per member_id.
-STATIC_FAMILIES = (
-    ("core", {"orders"}),
+# Feature families. Aggregate families are lists of aggregates over one source, composed into a single
+# GROUP BY member_id per source (one scan, one join); query families are whole SELECTs. Each returns one
+# row per member_id and needs the tables named.
+AGGREGATE_FAMILIES = {"paid": ("core", "activity", "order_mix")}
+QUERY_FAMILIES = (
     ("gaps", {"orders"}),
-    ("activity", {"orders"}),
-    ("order_mix", {"orders"}),
+    ("refunds", {"orders"}),
     ("events", {"events"}),
     ("offers", {"offers"}),
     ("subscriptions", {"subscriptions"}),
@@ -105,26 +106,56 @@ def compute(
         ":promo_condition": promotion_condition(data_config.promotion_windows),
     }
     con.execute(_bind(read_sql("prepare"), params))
-    families = [(name, read_sql(name)) for name, needs in STATIC_FAMILIES if needs <= tables]
-    families.append(("category_mix", category_mix_sql(data_config.categories)))
+    paid_aggregates = [read_sql(name) for name in AGGREGATE_FAMILIES["paid"]]
+    paid_aggregates.append(category_mix_aggregates(data_config.categories))
+    families = [("paid", aggregates_query("paid", paid_aggregates))]
+    families += [(name, read_sql(name)) for name, needs in QUERY_FAMILIES if needs <= tables]
     cycles = cycles_sql(data_config.categories, data_config.replenishment_categories)
     if cycles:
         families.append(("cycles", cycles))
     for name, sql in families:
         con.execute(f"CREATE OR REPLACE TEMP TABLE f_{name} AS {_bind(sql, params)}")
-    joins = " ".join(f"LEFT JOIN f_{name} USING (member_id)" for name, _ in families[1:])
-    frame = con.execute(f"SELECT * FROM f_core {joins} ORDER BY member_id").df()
-    counts = [col for col in ZERO_WHEN_ABSENT if col in frame]
-    frame[counts] = frame[counts].fillna(0).astype("int64")
+    return _join_families(con, [name for name, _ in families], data_config)
+
+
+def _join_families(con: duckdb.DuckDBPyConnection, names: list[str], data_config: DataConfig) -> pd.DataFrame:
+    """Join the family tables on member_id, fill counts that are zero, add derived columns, sort.
+
+    Done in DuckDB rather than pandas: measured about 1.5 s less on a million members.
+    """
+    joins = " ".join(f"LEFT JOIN f_{name} USING (member_id)" for name in names[1:])
+    joined = f"SELECT * FROM f_{names[0]} {joins}"
+    columns = {row[0] for row in con.execute(f"DESCRIBE {joined}").fetchall()}
+    zeros = [col for col in ZERO_WHEN_ABSENT if col in columns]
+    replace = f" REPLACE ({', '.join(f'coalesce({col}, 0) AS {col}' for col in zeros)})" if zeros else ""
+    derived = [category_mix_summary(data_config.categories)]
+    if "refunded_orders" in columns:
+        derived.append("refunded_orders / (order_count + refunded_orders) AS refund_share")
+    query = f"SELECT *, {', '.join(derived)} FROM (SELECT *{replace} FROM ({joined})) ORDER BY member_id"
+    frame = con.sql(query).to_arrow_table().to_pandas(self_destruct=True)
     return frame.set_index(c.MEMBER_ID)
 
 
 def promotion_condition(windows: list[list[str]]) -> str:
-    """SQL that is true when `ordered_at` falls in a promotion window (MM-DD ranges, inclusive)."""
+    """SQL that is true when `ordered_at` falls in a promotion window (MM-DD ranges, inclusive).
+
+    Compared as the number month * 100 + day: measured far cheaper than formatting each date as text.
+    """
     if not windows:
         return "FALSE"
-    md = "strftime(ordered_at, '%m-%d')"
-    return "(" + " OR ".join(f"{md} BETWEEN {quote(lo)} AND {quote(hi)}" for lo, hi in windows) + ")"
+    md = "(month(ordered_at) * 100 + day(ordered_at))"
+    return "(" + " OR ".join(f"{md} BETWEEN {_month_day(lo)} AND {_month_day(hi)}" for lo, hi in windows) + ")"
+
+
+def _month_day(text: str) -> int:
+    month, day = text.split("-")
+    return int(month) * 100 + int(day)
+
+
+def aggregates_query(source: str, aggregate_lists: list[str]) -> str:
+    """One GROUP BY member_id over `source` computing every list of aggregates (SQL with comments allowed)."""
+    lists = ["\n".join(ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")) for sql in aggregate_lists]
+    return f"SELECT member_id, {', '.join(lists)} FROM {source} GROUP BY member_id"
 
 
 def _bind(sql: str, params: dict[str, str]) -> str:

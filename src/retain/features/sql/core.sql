@@ -1,14 +1,11 @@
--- RFM core: recency, frequency over distinct purchase days, monetary, tenure, mean gap.
-SELECT
-    member_id,
-    (epoch(:as_of) - epoch(max(ordered_at))) / 86400.0 AS recency_days,
-    count(DISTINCT ordered_at::DATE) AS frequency,
-    count(*) AS order_count,
-    sum(amount) AS monetary_total,
-    avg(amount) AS monetary_mean,
-    (epoch(:as_of) - epoch(min(ordered_at))) / 86400.0 AS tenure_days,
-    CASE WHEN count(DISTINCT ordered_at::DATE) > 1
-         THEN date_diff('day', min(ordered_at)::DATE, max(ordered_at)::DATE) / (count(DISTINCT ordered_at::DATE) - 1.0)
-    END AS mean_gap_days
-FROM paid
-GROUP BY member_id
+-- RFM core (aggregates over `paid`, one row per member): recency, frequency over distinct purchase days,
+-- monetary, tenure, mean gap between purchase days.
+(epoch(:as_of) - epoch(max(ordered_at))) / 86400.0 AS recency_days,
+count(DISTINCT ordered_at::DATE) AS frequency,
+count(*) AS order_count,
+sum(amount) AS monetary_total,
+avg(amount) AS monetary_mean,
+(epoch(:as_of) - epoch(min(ordered_at))) / 86400.0 AS tenure_days,
+CASE WHEN count(DISTINCT ordered_at::DATE) > 1
+     THEN date_diff('day', min(ordered_at)::DATE, max(ordered_at)::DATE) / (count(DISTINCT ordered_at::DATE) - 1.0)
+END AS mean_gap_days

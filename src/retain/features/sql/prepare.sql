@@ -1,6 +1,7 @@
 -- Orders known before :as_of. A refund counts only once it is recorded before :as_of
 -- (a refund without a date is taken as known). `paid` is the population's purchase log.
-CREATE OR REPLACE TEMP TABLE known_orders AS
+-- Views, not tables: each family reads only the columns it needs, straight from the source.
+CREATE OR REPLACE TEMP VIEW known_orders AS
 SELECT
     member_id,
     ordered_at,
@@ -11,7 +12,7 @@ SELECT
 FROM orders
 WHERE ordered_at < :as_of;
 
-CREATE OR REPLACE TEMP TABLE paid AS
+CREATE OR REPLACE TEMP VIEW paid AS
 SELECT member_id, ordered_at, amount, category, coupon_id
 FROM known_orders
 WHERE NOT is_refunded;
