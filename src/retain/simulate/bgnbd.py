@@ -1,8 +1,8 @@
 """A plain BG/NBD purchase log (orders only), to check estimators against known parameters.
 
 Each customer makes a first purchase in the first `entry_weeks` weeks; then, while alive, buys at a
-Poisson rate lambda ~ Gamma(r, alpha) a week and, after every purchase, drops out with probability
-p ~ Beta(a, b) (Fader, Hardie & Lee 2005).
+Poisson rate lambda ~ Gamma(r, alpha) a week and, after every repeat purchase, drops out with
+probability p ~ Beta(a, b) (Fader, Hardie & Lee 2005: alive for sure right after the first purchase).
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ def simulate_bgnbd(
     dropout = rng.beta(a, b, members)
     spend = rng.gamma(6.0, 1.0, members) * 5.0
     t = rng.uniform(0, entry_weeks, members)
-    member_rows, times = [np.arange(members)], [t]
+    member_rows, times = [np.arange(members)], [t.copy()]  # t moves on with each purchase
     alive = np.arange(members)
     while len(alive):
-        alive = alive[rng.random(len(alive)) >= dropout[alive]]  # drop out right after a purchase
         t_next = t[alive] + rng.exponential(1.0, len(alive)) / rate[alive]
         keep = t_next < weeks
         alive, t_next = alive[keep], t_next[keep]
         t[alive] = t_next
         member_rows.append(alive)
         times.append(t_next)
+        alive = alive[rng.random(len(alive)) >= dropout[alive]]  # may drop out right after a repeat purchase
     member = np.concatenate(member_rows)
     at_us = pd.Timestamp(start).value // 1000 + (np.concatenate(times) * WEEK_US).astype(np.int64)
     order = np.lexsort((at_us, member))
