@@ -1,0 +1,205 @@
+"""Backtests over time: fit on monthly snapshots whose label windows close before a cutoff, evaluate at the
+cutoff against the baselines on exactly the same members. Never a random split.
+
+The training job and `retain backtest` share `fit_for_cutoff` and `evaluate_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from retain import features as feature_builder
+from retain import labels, models
+from retain.config import Config
+from retain.dataset import Dataset
+from retain.errors import RetainError
+from retain.evaluation import evaluate, paired_bootstrap_auc_gain
+
+MIN_HISTORY_DAYS = 60  # the earliest snapshot leaves this much order history before it
+MIN_TRAIN_HORIZON_DAYS = 7
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """Which snapshots train a model for one cutoff: the latest calibrates, the older ones fit."""
+
+    as_of: pd.Timestamp
+    horizon_days: int
+    train_horizon_days: int
+    fit_dates: tuple[pd.Timestamp, ...]
+    calibration_date: pd.Timestamp
+
+    @property
+    def shortened(self) -> bool:
+        return self.train_horizon_days != self.horizon_days
+
+
+def plan_snapshots(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int, config: Config) -> SnapshotPlan:
+    """Monthly snapshots whose label windows close by `as_of`, at most `training.max_snapshots` of them.
+
+    When the requested horizon leaves fewer than `training.min_snapshots`, train on the longest horizon
+    that leaves that many (BG/NBD still extrapolates to the requested horizon by itself).
+    """
+    t = config.training
+    earliest = pd.Timestamp(dataset.metadata["first_order_at"]).normalize() + pd.Timedelta(days=MIN_HISTORY_DAYS)
+
+    def dates(h: int) -> list[pd.Timestamp]:
+        found = [as_of - pd.Timedelta(days=h + t.snapshot_interval_days * k) for k in range(t.max_snapshots)]
+        return [d for d in found if d >= earliest]
+
+    train_h = horizon_days
+    if len(dates(train_h)) < t.min_snapshots:
+        train_h = (as_of - earliest).days - t.snapshot_interval_days * (t.min_snapshots - 1)
+        if train_h < MIN_TRAIN_HORIZON_DAYS:
+            raise RetainError(
+                f"The data before {as_of.date()} is too short for {t.min_snapshots} monthly training snapshots; "
+                "pick a later cutoff."
+            )
+    chosen = dates(train_h)
+    return SnapshotPlan(as_of, horizon_days, train_h, tuple(chosen[1:]), chosen[0])
+
+
+class Snapshots:
+    """Features and labels by cutoff, computed once per run (the tasks share their snapshots)."""
+
+    def __init__(self, dataset: Dataset, config: Config):
+        self.dataset, self.config = dataset, config
+        self._features: dict[pd.Timestamp, pd.DataFrame] = {}
+        self._bgnbd: dict[pd.Timestamp, object] = {}
+
+    def features(self, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+        """Point-in-time features plus BG/NBD features over the horizon and the promotion days ahead."""
+        if as_of not in self._features:
+            self._features[as_of] = feature_builder.build(self.dataset, as_of, self.config.data)
+        frame, self._bgnbd[as_of] = models.add_btyd_features(
+            self._features[as_of], horizon_days, self._bgnbd.get(as_of)
+        )
+        windows = self.config.data.promotion_windows
+        return frame.assign(window_promo_days=models.promotion_days_in_window(as_of, horizon_days, windows))
+
+    def bgnbd(self, as_of: pd.Timestamp):
+        return self._bgnbd[as_of]
+
+    def labelled(self, as_of: pd.Timestamp, task: str, horizon_days: int) -> tuple[pd.DataFrame, pd.Series]:
+        x = self.features(as_of, horizon_days)
+        y = labels.build(self.dataset, as_of, task, horizon_days).reindex(x.index)
+        return x, y
+
+    def stacked(self, dates, task: str, horizon_days: int) -> tuple[pd.DataFrame, pd.Series]:
+        parts = [self.labelled(d, task, horizon_days) for d in dates]
+        return pd.concat([x for x, _ in parts]), pd.concat([y for _, y in parts])
+
+
+@dataclass
+class FittedTask:
+    """The main model and the baselines fitted for one cutoff and task."""
+
+    plan: SnapshotPlan
+    model: models.TaskModel
+    recency_rule: object
+    rfm_logistic: object
+    training_rows: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def fit_for_cutoff(snapshots: Snapshots, as_of: pd.Timestamp, task: str, horizon_days: int) -> FittedTask:
+    """Fit LightGBM (older snapshots), calibrate it (latest snapshot) and fit the baselines for `as_of`."""
+    plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
+    x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
+    x_cal, y_cal = snapshots.labelled(plan.calibration_date, task, plan.train_horizon_days)
+    model = models.fit_task_model(
+        task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, snapshots.config.training.seed,
+        bgnbd=snapshots.bgnbd(plan.calibration_date),
+    )
+    return FittedTask(
+        plan, model, models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit),
+        training_rows=len(x_fit) + len(x_cal),
+    )
+
+
+def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    """Labels at the cutoff and every model's probabilities for the same members."""
+    plan = fitted.plan
+    x_model, y = snapshots.labelled(plan.as_of, task, plan.horizon_days)
+    if plan.shortened:  # the model expects BTYD features at the horizon it was trained on
+        x_model = snapshots.features(plan.as_of, plan.train_horizon_days)
+    x_requested = snapshots.features(plan.as_of, plan.horizon_days)
+    scores = {
+        "lightgbm": fitted.model.predict(x_model),
+        "bgnbd": models.bgnbd_score(x_requested, task),
+        "recency": fitted.recency_rule.predict(x_requested["recency_days"]),
+        "rfm_logistic": fitted.rfm_logistic.predict_proba(x_requested[models.RFM_COLUMNS].clip(lower=0))[:, 1],
+    }
+    oracle = oracle_scores(snapshots.dataset, plan.as_of, plan.horizon_days, task, y.index)
+    if oracle is not None:
+        scores["oracle"] = oracle
+    return y, scores
+
+
+def oracle_scores(dataset: Dataset, as_of, horizon_days: int, task: str, members: pd.Index) -> np.ndarray | None:
+    """The simulator's true probabilities, when the dataset is simulated (it has truth.parquet)."""
+    truth_path = dataset.path / "truth.parquet"
+    if not truth_path.exists() or "process" in dataset.metadata.get("simulator", {}):
+        return None
+    from retain.simulate import oracle_probabilities
+
+    truth = pd.read_parquet(truth_path)
+    column = "p_churn" if task == "churn" else "p_repurchase"
+    return oracle_probabilities(truth, as_of, horizon_days)[column].reindex(members).to_numpy()
+
+
+def evaluate_at(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[dict, pd.Series, dict]:
+    """One backtest result (the JSON entry), plus the labels and scores for plots."""
+    y, scores = score_all(snapshots, fitted, task)
+    plan = fitted.plan
+    result = {
+        "as_of": plan.as_of.date().isoformat(),
+        "task": task,
+        "horizon_days": plan.horizon_days,
+        "train_horizon_days": plan.train_horizon_days,
+        "training_snapshots": [d.date().isoformat() for d in (*plan.fit_dates, plan.calibration_date)],
+        "n_members": int(len(y)),
+        "positive_rate": float(y.mean()),
+        "models": {name: evaluate(y.to_numpy(), p) for name, p in scores.items()},
+        "lightgbm_roc_auc_gain_vs_bgnbd": paired_bootstrap_auc_gain(y.to_numpy(), scores["lightgbm"], scores["bgnbd"]),
+    }
+    if "oracle" in scores:
+        result["lightgbm_share_of_oracle_roc_auc"] = (
+            result["models"]["lightgbm"]["roc_auc"] / result["models"]["oracle"]["roc_auc"]
+        )
+    return result, y, scores
+
+
+def run_backtest(
+    dataset: Dataset, cutoffs: list[pd.Timestamp], tasks: dict[str, int], config: Config,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Backtest every (cutoff, task); `tasks` maps task to horizon days. Returns the JSON document."""
+    for as_of in cutoffs:
+        for horizon in tasks.values():
+            labels.check_window(dataset, as_of, horizon)
+    snapshots = Snapshots(dataset, config)
+    results = []
+    for as_of in cutoffs:
+        for task, horizon in tasks.items():
+            if progress:
+                progress(f"{task} as of {as_of.date()}")
+            fitted = fit_for_cutoff(snapshots, as_of, task, horizon)
+            results.append(evaluate_at(snapshots, fitted, task)[0])
+    return {"dataset": dataset_summary(dataset), "results": results}
+
+
+def dataset_summary(dataset: Dataset) -> dict:
+    meta = dataset.metadata
+    return {
+        "path": str(dataset.path),
+        "fingerprint": meta["fingerprint"],
+        "first_order_at": meta["first_order_at"],
+        "last_order_at": meta["last_order_at"],
+        "observed_until": meta["observed_until"],
+        "rows": meta["rows"],
+    }

@@ -1,0 +1,58 @@
+"""Metrics a retention team reads: ranking (ROC-AUC, PR-AUC, lift), calibration (Brier, log loss, ECE),
+and a paired bootstrap for the difference between two models on the same members."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_at_10pct")
+EPSILON = 1e-6
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed rate - mean prediction| over 10 equal-width probability bins, weighted by size."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            total += mask.sum() * abs(y[mask].mean() - p[mask].mean())
+    return float(total / len(y))
+
+
+def lift_at(y: np.ndarray, score: np.ndarray, share: float = 0.10) -> float:
+    """Positive rate among the top `share` by score, over the overall positive rate."""
+    y = np.asarray(y, dtype=float)
+    top = np.argsort(-np.asarray(score), kind="stable")[: max(1, int(round(share * len(y))))]
+    return float(y[top].mean() / y.mean()) if y.mean() > 0 else float("nan")
+
+
+def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Every metric for probabilities `p` of the positive label `y` (0/1)."""
+    y, p = np.asarray(y, dtype=int), np.clip(np.asarray(p, dtype=float), EPSILON, 1 - EPSILON)
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "ece": expected_calibration_error(y, p),
+        "lift_at_10pct": lift_at(y, p),
+    }
+
+
+def paired_bootstrap_auc_gain(
+    y: np.ndarray, p_model: np.ndarray, p_baseline: np.ndarray, rounds: int = 300, seed: int = 0
+) -> dict[str, float]:
+    """ROC-AUC gain of model over baseline on the same members, with a 95% paired bootstrap interval."""
+    y, a, b = np.asarray(y), np.asarray(p_model), np.asarray(p_baseline)
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(y), len(y))
+        if y[rows].min() == y[rows].max():
+            continue
+        gains.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return {"estimate": float(roc_auc_score(y, a) - roc_auc_score(y, b)), "ci_low": float(low), "ci_high": float(high)}
