@@ -73,7 +73,9 @@ def measure(step: str, path: Path, as_of: str, repeat: int) -> dict:
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, __file__, "--step", step, "--data", str(path), "--as-of", as_of],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         runs.append(json.loads(out.stdout))
     best = min(runs, key=lambda r: r["seconds"])

@@ -25,13 +25,13 @@ MIN_TRAIN_HORIZON_DAYS = 7
 
 @dataclass(frozen=True)
 class SnapshotPlan:
-    """Which snapshots train a model for one cutoff: the latest calibrates, the older ones fit."""
+    """Which snapshots train a model for one cutoff: the latest few calibrate, the older ones fit."""
 
     as_of: pd.Timestamp
     horizon_days: int
     train_horizon_days: int
     fit_dates: tuple[pd.Timestamp, ...]
-    calibration_date: pd.Timestamp
+    calibration_dates: tuple[pd.Timestamp, ...]
 
     @property
     def shortened(self) -> bool:
@@ -60,7 +60,9 @@ def plan_snapshots(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int, con
                 "pick a later cutoff."
             )
     chosen = dates(train_h)
-    return SnapshotPlan(as_of, horizon_days, train_h, tuple(chosen[1:]), chosen[0])
+    # The latest snapshots calibrate (at least two older ones are left to fit on).
+    n_calibration = max(1, min(t.calibration_snapshots, len(chosen) - 2))
+    return SnapshotPlan(as_of, horizon_days, train_h, tuple(chosen[n_calibration:]), tuple(chosen[:n_calibration]))
 
 
 class Snapshots:
@@ -78,8 +80,7 @@ class Snapshots:
         frame, self._bgnbd[as_of] = models.add_btyd_features(
             self._features[as_of], horizon_days, self._bgnbd.get(as_of)
         )
-        windows = self.config.data.promotion_windows
-        return frame.assign(window_promo_days=models.promotion_days_in_window(as_of, horizon_days, windows))
+        return frame.assign(**models.promotion_days_ahead(as_of, horizon_days, self.config.data.promotion_windows))
 
     def bgnbd(self, as_of: pd.Timestamp):
         return self._bgnbd[as_of]
@@ -110,13 +111,22 @@ def fit_for_cutoff(snapshots: Snapshots, as_of: pd.Timestamp, task: str, horizon
     """Fit LightGBM (older snapshots), calibrate it (latest snapshot) and fit the baselines for `as_of`."""
     plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
     x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
-    x_cal, y_cal = snapshots.labelled(plan.calibration_date, task, plan.train_horizon_days)
+    x_cal, y_cal = snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
     model = models.fit_task_model(
-        task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, snapshots.config.training.seed,
-        bgnbd=snapshots.bgnbd(plan.calibration_date),
+        task,
+        plan.train_horizon_days,
+        x_fit,
+        y_fit,
+        x_cal,
+        y_cal,
+        snapshots.config.training.seed,
+        bgnbd=snapshots.bgnbd(plan.calibration_dates[0]),
     )
     return FittedTask(
-        plan, model, models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit),
+        plan,
+        model,
+        models.fit_recency_rule(x_fit, y_fit, task),
+        models.fit_rfm_logistic(x_fit, y_fit),
         training_rows=len(x_fit) + len(x_cal),
     )
 
@@ -161,7 +171,8 @@ def evaluate_at(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[di
         "task": task,
         "horizon_days": plan.horizon_days,
         "train_horizon_days": plan.train_horizon_days,
-        "training_snapshots": [d.date().isoformat() for d in (*plan.fit_dates, plan.calibration_date)],
+        "fit_snapshots": [d.date().isoformat() for d in plan.fit_dates],
+        "calibration_snapshots": [d.date().isoformat() for d in plan.calibration_dates],
         "n_members": int(len(y)),
         "positive_rate": float(y.mean()),
         "models": {name: evaluate(y.to_numpy(), p) for name, p in scores.items()},
@@ -175,7 +186,10 @@ def evaluate_at(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[di
 
 
 def run_backtest(
-    dataset: Dataset, cutoffs: list[pd.Timestamp], tasks: dict[str, int], config: Config,
+    dataset: Dataset,
+    cutoffs: list[pd.Timestamp],
+    tasks: dict[str, int],
+    config: Config,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Backtest every (cutoff, task); `tasks` maps task to horizon days. Returns the JSON document."""
@@ -203,3 +217,59 @@ def dataset_summary(dataset: Dataset) -> dict:
         "observed_until": meta["observed_until"],
         "rows": meta["rows"],
     }
+
+
+def results_table(results: list[dict], title: str = "backtest"):
+    """The results as a rich table: one row per (cutoff, task, model)."""
+    from rich.table import Table
+
+    table = Table(
+        "as of",
+        "task",
+        "horizon",
+        "members",
+        "pos. rate",
+        "model",
+        "ROC-AUC",
+        "PR-AUC",
+        "ECE",
+        "Brier",
+        "lift@10%",
+        title=title,
+    )
+    for r in results:
+        horizon = f"{r['horizon_days']}d"
+        if r["train_horizon_days"] != r["horizon_days"]:
+            horizon += f" (trained on {r['train_horizon_days']}d)"
+        for i, (name, m) in enumerate(r["models"].items()):
+            first = i == 0
+            table.add_row(
+                r["as_of"] if first else "",
+                r["task"] if first else "",
+                horizon if first else "",
+                f"{r['n_members']:,}" if first else "",
+                f"{r['positive_rate']:.3f}" if first else "",
+                name,
+                f"{m['roc_auc']:.4f}",
+                f"{m['pr_auc']:.4f}",
+                f"{m['ece']:.4f}",
+                f"{m['brier']:.4f}",
+                f"{m['lift_at_10pct']:.2f}",
+                end_section=i == len(r["models"]) - 1,
+            )
+        gain = r["lightgbm_roc_auc_gain_vs_bgnbd"]
+        table.add_row(
+            "",
+            "",
+            "",
+            "",
+            "",
+            "LightGBM − BG/NBD",
+            f"{gain['estimate']:+.4f} [{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]",
+            "",
+            "",
+            "",
+            "",
+            end_section=True,
+        )
+    return table

@@ -86,28 +86,36 @@ def bgnbd_log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: 
     ln_a2 = special.betaln(a, b + x) - special.betaln(a, b)
     ln_a3 = -(r + x) * np.log(alpha + T)
     with np.errstate(divide="ignore"):
-        ln_a4 = np.where(
-            x > 0, np.log(a) - np.log(b + np.maximum(x, 1) - 1) - (r + x) * np.log(alpha + t_x), -np.inf
-        )
+        ln_a4 = np.where(x > 0, np.log(a) - np.log(b + np.maximum(x, 1) - 1) - (r + x) * np.log(alpha + t_x), -np.inf)
     return ln_a1 + ln_a2 + np.logaddexp(ln_a3, ln_a4)
 
 
-def fit_bgnbd(summary: pd.DataFrame, weights: np.ndarray | None = None) -> BGNBD:
-    """Fit BG/NBD by maximum likelihood on columns x, t_x, T (weeks); identical rows may be weighted."""
+def fit_bgnbd(summary: pd.DataFrame, with_errors: bool = True) -> BGNBD:
+    """Fit BG/NBD by maximum likelihood on columns x, t_x, T (weeks).
+
+    Identical (x, t_x, T) rows are fitted once with their count as weight (day-level data repeats a lot).
+    `with_errors` adds standard errors from the Hessian (about 40 more likelihood evaluations).
+    """
     if len(summary) < 10:
         raise RetainError(f"BG/NBD needs at least 10 customers with a purchase; got {len(summary)}.")
-    x, t_x, T = (summary[col].to_numpy(dtype=float) for col in ("x", "t_x", "T"))
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    grouped = summary.groupby(["x", "t_x", "T"]).size().reset_index(name="n")
+    x, t_x, T, w = (grouped[col].to_numpy(dtype=float) for col in ("x", "t_x", "T", "n"))
 
     def negative(log_params: np.ndarray) -> float:
-        return -float(np.sum(w * bgnbd_log_likelihood(np.exp(log_params), x, t_x, T)))
+        with np.errstate(all="ignore"):  # the optimizer may step where the likelihood overflows
+            value = -float(np.sum(w * bgnbd_log_likelihood(np.exp(log_params), x, t_x, T)))
+        return value if np.isfinite(value) else np.inf
 
     start = np.log([0.5, max(float(np.mean(T)), 1.0), 1.0, 1.0])
-    result = optimize.minimize(negative, start, method="L-BFGS-B", bounds=[(-10, 10)] * 4)
-    result = optimize.minimize(negative, result.x, method="Nelder-Mead",
-                               options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+    result = optimize.minimize(
+        negative, start, method="L-BFGS-B", bounds=[(-10, 10)] * 4, options={"ftol": 1e-12, "gtol": 1e-8}
+    )
     params = np.exp(result.x)
-    errors = _standard_errors(lambda p: -float(np.sum(w * bgnbd_log_likelihood(p, x, t_x, T))), params)
+    errors = (
+        _standard_errors(lambda p: -float(np.sum(w * bgnbd_log_likelihood(p, x, t_x, T))), params)
+        if with_errors
+        else np.full(4, np.nan)
+    )
     return BGNBD(*params, standard_errors=tuple(errors), log_likelihood=-float(result.fun))
 
 
@@ -136,12 +144,25 @@ def fit_gamma_gamma(summary: pd.DataFrame) -> GammaGamma:
 
     def negative(log_params: np.ndarray) -> float:
         p, q, v = np.exp(log_params)
-        ll = (special.gammaln(p * x + q) - special.gammaln(p * x) - special.gammaln(q) + q * np.log(v)
-              + (p * x - 1) * np.log(m) + p * x * np.log(x) - (p * x + q) * np.log(x * m + v))
-        return -float(np.sum(ll))
+        with np.errstate(all="ignore"):
+            ll = (
+                special.gammaln(p * x + q)
+                - special.gammaln(p * x)
+                - special.gammaln(q)
+                + q * np.log(v)
+                + (p * x - 1) * np.log(m)
+                + p * x * np.log(x)
+                - (p * x + q) * np.log(x * m + v)
+            )
+        value = -float(np.sum(ll))
+        return value if np.isfinite(value) else np.inf
 
-    result = optimize.minimize(negative, np.log([1.0, 2.0, float(np.mean(m))]), method="Nelder-Mead",
-                               options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+    result = optimize.minimize(
+        negative,
+        np.log([1.0, 2.0, float(np.mean(m))]),
+        method="Nelder-Mead",
+        options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000},
+    )
     return GammaGamma(*np.exp(result.x))
 
 
@@ -152,6 +173,7 @@ def _standard_errors(negative_ll, params: np.ndarray) -> np.ndarray:
     hessian = np.empty((k, k))
     for i in range(k):
         for j in range(i, k):
+
             def at(di: int, dj: int, i=i, j=j) -> float:
                 shifted = params.copy()
                 shifted[i] += di * steps[i]

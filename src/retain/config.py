@@ -52,7 +52,8 @@ class LabelsConfig:
 class TrainingConfig:
     snapshot_interval_days: int = 30
     min_snapshots: int = 3
-    max_snapshots: int = 6
+    max_snapshots: int = 15
+    calibration_snapshots: int = 3
     promotion_tolerance: float = 0.002
     max_ece: float = 0.03
     seed: int = 7

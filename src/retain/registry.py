@@ -1,0 +1,142 @@
+"""The one module that imports MLflow: runs, plots, registered models, aliases and tags.
+
+Models are registered as `retain-churn` and `retain-repurchase`; the alias `champion` is what the
+scorer loads (`models:/retain-churn@champion`), `challenger` marks a version the gate kept back.
+Everything else in retain passes plain objects (a `TaskModel`, dicts of metrics, matplotlib figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import logging
+
+import pandas as pd
+
+from retain.config import MlflowConfig
+from retain.errors import RetainError
+from retain.models import TaskModel
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+import mlflow  # noqa: E402  (telemetry is switched off before the import)
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import infer_signature  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+logging.getLogger("mlflow").setLevel(logging.ERROR)  # the job reports what matters itself
+REQUIREMENTS = ("lightgbm", "scikit-learn", "scipy", "numpy", "pandas")
+
+
+def model_name(task: str) -> str:
+    return f"retain-{task}"
+
+
+class RetainModel(mlflow.pyfunc.PythonModel):
+    """The MLflow wrapper of a `TaskModel`: `predict` returns the calibrated probability per row."""
+
+    def __init__(self, task_model: TaskModel):
+        self.task_model = task_model
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return pd.DataFrame({"probability": self.task_model.predict(model_input)}, index=model_input.index)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    run_id: str | None
+
+
+class Registry:
+    """Tracking and registry in the SQLite store named by the config (artifacts beside it)."""
+
+    def __init__(self, config: MlflowConfig):
+        self.config = config
+        mlflow.set_tracking_uri(config.tracking_uri)
+        mlflow.set_registry_uri(config.tracking_uri)
+        if config.tracking_uri.startswith("sqlite:///"):
+            Path(config.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+
+    def experiment_id(self, task: str) -> str:
+        name = f"retain-{task}"
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = Path(self.config.artifact_location).resolve() / task
+        return self.client.create_experiment(name, artifact_location=location.as_uri())
+
+    @contextlib.contextmanager
+    def run(self, task: str, run_name: str) -> Iterator[str]:
+        with mlflow.start_run(experiment_id=self.experiment_id(task), run_name=run_name) as active:
+            yield active.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+    def log_figure(self, figure, path: str) -> None:
+        mlflow.log_figure(figure, path)
+
+    def log_dict(self, data: dict, path: str) -> None:
+        mlflow.log_dict(data, path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_model(self, task_model: TaskModel, input_example: pd.DataFrame) -> str:
+        """Log and register the model (with signature and input example); return the new version."""
+        example = input_example[task_model.feature_names].astype("float64")
+        signature = infer_signature(example, pd.DataFrame({"probability": task_model.predict(example)}))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=RetainModel(task_model),
+            signature=signature,
+            input_example=example,
+            registered_model_name=model_name(task_model.task),
+            pip_requirements=[f"{pkg}=={metadata.version(pkg)}" for pkg in REQUIREMENTS],
+        )
+        return str(info.registered_model_version)
+
+    def tag_version(self, task: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model_name(task), version, key, str(value))
+
+    def set_alias(self, task: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name(task), alias, version)
+
+    def version_by_alias(self, task: str, alias: str = CHAMPION) -> RegisteredVersion | None:
+        try:
+            v = self.client.get_model_version_by_alias(model_name(task), alias)
+        except MlflowException:
+            return None
+        return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
+
+    def load(self, task: str, alias: str = CHAMPION) -> tuple[TaskModel, RegisteredVersion] | None:
+        """The model under `alias` (by alias, never by run id), or None when there is none yet."""
+        version = self.version_by_alias(task, alias)
+        if version is None:
+            return None
+        try:
+            wrapper = mlflow.pyfunc.load_model(f"models:/{model_name(task)}@{alias}").unwrap_python_model()
+        except (MlflowException, OSError) as exc:
+            raise RetainError(
+                f"Could not load {model_name(task)}@{alias} from {self.config.tracking_uri}: {exc}"
+            ) from None
+        return wrapper.task_model, version
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)

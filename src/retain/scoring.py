@@ -1,0 +1,88 @@
+"""Scoring lives here, once: the service and the daily export both call `Scorer`, so they can never
+disagree on a member's score.
+
+`Scorer.score(features, as_of)` takes point-in-time features (index `member_id`) and returns, per member,
+the churn risk, the repurchase probability and the champion versions; `reasons` adds the top three
+features that pushed each member's churn risk (LightGBM per-row contributions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from retain import models
+from retain.config import Config
+
+TASKS = ("churn", "repurchase")
+REASONS_PER_MEMBER = 3
+
+
+@dataclass
+class Scorer:
+    """The champion models of both tasks and the config they decide with."""
+
+    churn: models.TaskModel
+    repurchase: models.TaskModel
+    versions: dict[str, str]
+    config: Config
+
+    @classmethod
+    def from_registry(cls, registry, config: Config) -> Scorer:
+        """Load both champions by alias through the registry module."""
+        from retain.errors import RetainError
+
+        loaded = {}
+        for task in TASKS:
+            found = registry.load(task)
+            if found is None:
+                raise RetainError(f"There is no champion model for {task} yet; run `make train` first.")
+            loaded[task] = found
+        return cls(
+            churn=loaded["churn"][0],
+            repurchase=loaded["repurchase"][0],
+            versions={f"retain-{task}": loaded[task][1].version for task in TASKS},
+            config=config,
+        )
+
+    def model(self, task: str) -> models.TaskModel:
+        return self.churn if task == "churn" else self.repurchase
+
+    def model_input(self, features: pd.DataFrame, as_of: pd.Timestamp, task: str) -> pd.DataFrame:
+        """The task model's input: features plus BG/NBD features at its horizon with its stored fit."""
+        model = self.model(task)
+        frame, _ = models.add_btyd_features(features, model.horizon_days, model.bgnbd)
+        return frame.assign(
+            **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows)
+        )
+
+    def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+        """`churn_risk` and `repurchase_prob` per member (index `member_id`)."""
+        return pd.DataFrame(
+            {
+                "churn_risk": self.churn.predict(self.model_input(features, as_of, "churn")),
+                "repurchase_prob": self.repurchase.predict(self.model_input(features, as_of, "repurchase")),
+            },
+            index=features.index,
+        )
+
+    def reasons(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+        """The three features that pushed each member's churn risk most, with value and direction.
+
+        Columns reason_{1,2,3}_feature, _value, _direction ("raises" or "lowers" the churn risk).
+        """
+        frame = self.model_input(features, as_of, "churn")
+        contributions = self.churn.contributions(frame)
+        values = contributions.to_numpy()
+        top = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :REASONS_PER_MEMBER]
+        names = np.asarray(self.churn.feature_names)
+        rows = np.arange(len(frame))[:, None]
+        inputs = frame.reindex(columns=self.churn.feature_names).to_numpy(dtype=np.float64, na_value=np.nan)
+        out = {}
+        for k in range(REASONS_PER_MEMBER):
+            out[f"reason_{k + 1}_feature"] = names[top[:, k]]
+            out[f"reason_{k + 1}_value"] = inputs[rows[:, 0], top[:, k]]
+            out[f"reason_{k + 1}_direction"] = np.where(values[rows[:, 0], top[:, k]] > 0, "raises", "lowers")
+        return pd.DataFrame(out, index=frame.index)

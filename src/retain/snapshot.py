@@ -1,0 +1,67 @@
+"""The scored feature snapshot the service serves: one Parquet file per `as_of`, keyed by member_id, with
+the features, the champion scores and precomputed reasons, tied to the model versions that made them.
+
+`snapshots/<as_of>.parquet` plus `snapshots/CURRENT` (the file name the service loads), both written
+atomically, so a reader never sees a half-written snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retain import features as feature_builder
+from retain.config import Config
+from retain.dataset import Dataset
+from retain.errors import RetainError
+from retain.scoring import Scorer
+
+CURRENT = "CURRENT"
+SNAPSHOT_DIR = Path("snapshots")
+
+
+def build(scorer: Scorer, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Features, scores and reasons for every member (index member_id)."""
+    return features.join(scorer.score(features, as_of)).join(scorer.reasons(features, as_of))
+
+
+def write(
+    frame: pd.DataFrame, as_of: pd.Timestamp, versions: dict[str, str], fingerprint: str, folder: Path = SNAPSHOT_DIR
+) -> Path:
+    """Write the snapshot with its metadata (as_of, model versions, dataset fingerprint) and point CURRENT at it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{as_of.date().isoformat()}.parquet"
+    table = pa.Table.from_pandas(frame, preserve_index=True)
+    meta = {"as_of": as_of.isoformat(), "model_versions": versions, "dataset_fingerprint": fingerprint}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"retain": json.dumps(meta).encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    pointer = folder / f".{CURRENT}.tmp-{os.getpid()}"
+    pointer.write_text(path.name + "\n", encoding="utf-8")
+    pointer.replace(folder / CURRENT)
+    return path
+
+
+def read_current(folder: Path = SNAPSHOT_DIR) -> tuple[pd.DataFrame, dict]:
+    """The snapshot CURRENT points at, and its metadata."""
+    pointer = folder / CURRENT
+    if not pointer.exists():
+        raise RetainError(f"There is no snapshot in {folder}/ yet; run `make train` (or `retain export`) first.")
+    path = folder / pointer.read_text(encoding="utf-8").strip()
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"retain"])
+    return table.to_pandas(), meta
+
+
+def write_latest(dataset: Dataset, config: Config, registry) -> Path:
+    """Score every member as of the dataset's `observed_until` with the champions and write the snapshot."""
+    scorer = Scorer.from_registry(registry, config)
+    as_of = dataset.observed_until
+    features = feature_builder.build(dataset, as_of, config.data)
+    return write(build(scorer, features, as_of), as_of, scorer.versions, dataset.fingerprint)
