@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate bench
+.PHONY: help setup lock demo test lint simulate train backtest-cdnow bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,8 +39,19 @@ $(DATA)/dataset.json: | setup
 simulate: setup ## Simulate the demo shop into data/demo (50,000 members over 730 days, seed 42)
 	$(RETAIN) simulate --members $(DEMO_MEMBERS) --days $(DEMO_DAYS) --seed $(DEMO_SEED) --out $(DATA)
 
-demo: setup $(DATA)/dataset.json ## Install, build the demo dataset and run the pipeline end to end
+demo: setup $(DATA)/dataset.json ## Install, build the demo dataset, train and register the models, print the tables
 	$(RETAIN) features --data $(DATA) --as-of $$($(PY) -c "import json; print(json.load(open('$(DATA)/dataset.json'))['observed_until'][:10])") --out $(DATA)/features_latest.parquet
+	$(PY) -m training --data $(DATA)
+
+train: setup $(DATA)/dataset.json ## Fit, backtest, log to MLflow and gate the models (make train DATA=data/shop)
+	$(PY) -m training --data $(DATA)
+
+data/cdnow/dataset.json: | setup
+	$(RETAIN) ingest --orders ../shared/data/cdnow/CDNOW_master.txt --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
+
+backtest-cdnow: setup data/cdnow/dataset.json ## Backtest on the real CDNOW log (classic split and later cutoffs)
+	$(RETAIN) backtest --data data/cdnow --task repurchase --cutoffs 1997-10-01 --repurchase-horizon 273 --json bench/out/cdnow_273.json
+	$(RETAIN) backtest --data data/cdnow --task repurchase --cutoffs 1997-10-01,1998-01-01,1998-04-01 --repurchase-horizon 90 --json bench/out/cdnow_90.json
 
 test: setup ## Run the whole test suite
 	$(PY) -m pytest
@@ -48,6 +59,7 @@ test: setup ## Run the whole test suite
 lint: setup ## Check the code with ruff
 	$(VENV)/bin/ruff check src training serving tests bench
 
-bench: setup ## Run the benchmarks (simulator, features); figures go to bench/README.md
+bench: setup ## Run the benchmarks (simulator, features, training); figures go to bench/README.md
 	$(PY) bench/bench_simulate.py
 	$(PY) bench/bench_features.py
+	$(PY) bench/bench_train.py

@@ -62,9 +62,11 @@ def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
         for task, horizon in tasks.items():
             status.update(f"{task}: fitting and evaluating on the held-out cutoff")
             results.append(train_task(registry, snapshots, task, horizon, force))
-        status.update("writing the feature snapshot for serving")
-        path = snapshot.write_latest(dataset, config, registry)
-    console.print(f"snapshot for serving: {path}")
+        if all(registry.version_by_alias(task, CHAMPION) for task in tasks):
+            status.update("writing the feature snapshot for serving")
+            console.print(f"snapshot for serving: {snapshot.write_latest(dataset, config, registry)}")
+        else:
+            console.print("no snapshot written: a task has no champion yet (see the gate's reason above)")
     return results
 
 

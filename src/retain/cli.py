@@ -172,6 +172,46 @@ def features(
     console.print(f"wrote {out}: {len(frame):,} members x {frame.shape[1]} features")
 
 
+@app.command()
+def backtest(
+    cutoffs: Annotated[str, typer.Option(help="Comma-separated cutoff dates (as_of) to evaluate at.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
+    task: Annotated[str, typer.Option(help="churn, repurchase or both.")] = "both",
+    churn_horizon: Annotated[int | None, typer.Option(min=1, help="Churn horizon in days.")] = None,
+    repurchase_horizon: Annotated[int | None, typer.Option(min=1, help="Repurchase horizon in days.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Fit on earlier monthly snapshots and evaluate at each cutoff against the baselines.
+
+    Example: retain backtest --data data/cdnow --cutoffs 1997-10-01 --task repurchase --repurchase-horizon 273
+    """
+    import json
+
+    from retain import backtest as bt
+    from retain.dataset import open_dataset
+
+    cfg = settings(config)
+    if task not in ("churn", "repurchase", "both"):
+        raise RetainError(f"--task must be churn, repurchase or both, got {task!r}.")
+    horizons = {
+        "churn": churn_horizon or cfg.labels.churn_horizon_days,
+        "repurchase": repurchase_horizon or cfg.labels.repurchase_horizon_days,
+    }
+    tasks = horizons if task == "both" else {task: horizons[task]}
+    dates = [parse_date(text.strip(), "--cutoffs") for text in cutoffs.split(",") if text.strip()]
+    if not dates:
+        raise RetainError("--cutoffs needs at least one date, like 2025-06-01.")
+    dataset = open_dataset(data or Path(cfg.data.dataset))
+    with err_console.status("backtesting") as status:
+        doc = bt.run_backtest(dataset, dates, tasks, cfg, progress=lambda text: status.update(f"backtesting {text}"))
+    Console(width=160).print(bt.results_table(doc["results"], title=f"backtest on {dataset.path}"))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_out}")
+
+
 def feature_summary(frame: pd.DataFrame, as_of: pd.Timestamp) -> Table:
     """A few headline features: how many members have them and their quartiles."""
     table = Table("feature", "members", "p25", "median", "p75", title=f"features as of {as_of.date()}")

@@ -71,6 +71,7 @@ class ServingConfig:
     port: int = 3000
     workers: int = 1
     allow_anonymous: bool = False
+    snapshot_dir: str = "snapshots"
     max_ids_per_request: int = 10000
     max_members_per_request: int = 1000
 

@@ -8,13 +8,12 @@ Everything else in retain passes plain objects (a `TaskModel`, dicts of metrics,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-
-import logging
 
 import pandas as pd
 

@@ -1,8 +1,8 @@
 """The scored feature snapshot the service serves: one Parquet file per `as_of`, keyed by member_id, with
 the features, the champion scores and precomputed reasons, tied to the model versions that made them.
 
-`snapshots/<as_of>.parquet` plus `snapshots/CURRENT` (the file name the service loads), both written
-atomically, so a reader never sees a half-written snapshot.
+`<serving.snapshot_dir>/<as_of>.parquet` plus `CURRENT` beside it (the file name the service loads), both
+written atomically, so a reader never sees a half-written snapshot.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from retain.errors import RetainError
 from retain.scoring import Scorer
 
 CURRENT = "CURRENT"
-SNAPSHOT_DIR = Path("snapshots")
 
 
 def build(scorer: Scorer, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -30,9 +29,7 @@ def build(scorer: Scorer, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.Dat
     return features.join(scorer.score(features, as_of)).join(scorer.reasons(features, as_of))
 
 
-def write(
-    frame: pd.DataFrame, as_of: pd.Timestamp, versions: dict[str, str], fingerprint: str, folder: Path = SNAPSHOT_DIR
-) -> Path:
+def write(frame: pd.DataFrame, as_of: pd.Timestamp, versions: dict[str, str], fingerprint: str, folder: Path) -> Path:
     """Write the snapshot with its metadata (as_of, model versions, dataset fingerprint) and point CURRENT at it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{as_of.date().isoformat()}.parquet"
@@ -48,7 +45,7 @@ def write(
     return path
 
 
-def read_current(folder: Path = SNAPSHOT_DIR) -> tuple[pd.DataFrame, dict]:
+def read_current(folder: Path) -> tuple[pd.DataFrame, dict]:
     """The snapshot CURRENT points at, and its metadata."""
     pointer = folder / CURRENT
     if not pointer.exists():
@@ -64,4 +61,5 @@ def write_latest(dataset: Dataset, config: Config, registry) -> Path:
     scorer = Scorer.from_registry(registry, config)
     as_of = dataset.observed_until
     features = feature_builder.build(dataset, as_of, config.data)
-    return write(build(scorer, features, as_of), as_of, scorer.versions, dataset.fingerprint)
+    folder = Path(config.serving.snapshot_dir)
+    return write(build(scorer, features, as_of), as_of, scorer.versions, dataset.fingerprint, folder)
