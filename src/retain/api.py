@@ -62,12 +62,14 @@ def parse_score_request(payload: object, max_ids: int) -> list[str]:
     if not isinstance(ids, list):
         raise RequestError(422, "member_ids", "member_ids must be a list of strings.")
     if not ids:
-        raise RequestError(422, "member_ids", "member_ids is empty; send 1 to {:,} ids.".format(max_ids))
+        raise RequestError(422, "member_ids", f"member_ids is empty; send 1 to {max_ids:,} ids.")
     if len(ids) > max_ids:
         raise RequestError(422, "member_ids", f"member_ids has {len(ids):,} ids; the limit is {max_ids:,}.")
     for i, member_id in enumerate(ids):
         if not isinstance(member_id, str) or not member_id:
-            raise RequestError(422, f"member_ids[{i}]", f"member_ids[{i}] must be a non-empty string, got {member_id!r}.")
+            raise RequestError(
+                422, f"member_ids[{i}]", f"member_ids[{i}] must be a non-empty string, got {member_id!r}."
+            )
     if len(set(ids)) != len(ids):
         duplicate = next(m for i, m in enumerate(ids) if m in ids[:i])
         raise RequestError(422, "member_ids", f"member_ids repeats {duplicate!r}; send each id once.")
@@ -135,20 +137,25 @@ def score_records(frame: pd.DataFrame) -> list[dict]:
     records = []
     for member_id, row in zip(frame.index, frame.to_dict("records"), strict=True):
         reasons = [
-            {"feature": row[f"reason_{k}_feature"], "value": _json_number(row[f"reason_{k}_value"]),
-             "direction": row[f"reason_{k}_direction"]}
+            {
+                "feature": row[f"reason_{k}_feature"],
+                "value": _json_number(row[f"reason_{k}_value"]),
+                "direction": row[f"reason_{k}_direction"],
+            }
             for k in (1, 2, 3)
         ]
-        records.append({
-            "member_id": member_id,
-            "churn_risk": round(float(row["churn_risk"]), 6),
-            "repurchase_prob": round(float(row["repurchase_prob"]), 6),
-            "segment": row["segment"],
-            "action": row["action"],
-            "offer_detail": row["offer_detail"],
-            "expected_value": round(float(row["expected_value"]), 6),
-            "reasons": reasons,
-        })
+        records.append(
+            {
+                "member_id": member_id,
+                "churn_risk": round(float(row["churn_risk"]), 6),
+                "repurchase_prob": round(float(row["repurchase_prob"]), 6),
+                "segment": row["segment"],
+                "action": row["action"],
+                "offer_detail": row["offer_detail"],
+                "expected_value": round(float(row["expected_value"]), 6),
+                "reasons": reasons,
+            }
+        )
     return records
 
 
