@@ -84,6 +84,8 @@ class DecisionsConfig:
     margin_rate: float = 0.3
     holdout_share: float = 0.05
     language: str = "zh"
+    high_value: float = 500.0
+    low_value: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class WinbackConfig:
     send_cost: float = 0.5
     daily_budget: float = 20000.0
     cooldown_days: int = 30
+    coupon_label: str = "满100减10"
+    coupon_value: float = 10.0
+    redeem_rate: float = 0.3
+    prior_uplift: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from retain import models
+from retain import decisions, models
 from retain.config import Config
 
 TASKS = ("churn", "repurchase")
@@ -59,14 +59,16 @@ class Scorer:
         )
 
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-        """`churn_risk` and `repurchase_prob` per member (index `member_id`)."""
-        return pd.DataFrame(
+        """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
+        budget: `segment`, `action`, `offer_detail`, `expected_value`, `value`."""
+        scores = pd.DataFrame(
             {
                 "churn_risk": self.churn.predict(self.model_input(features, as_of, "churn")),
                 "repurchase_prob": self.repurchase.predict(self.model_input(features, as_of, "repurchase")),
             },
             index=features.index,
         )
+        return scores.join(decisions.decide(features, scores, self.churn.bgnbd, self.config))
 
     def reasons(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """The three features that pushed each member's churn risk most, with value and direction.

@@ -1,0 +1,100 @@
+"""The OpenAPI document of the service's own routes (served at /openapi.json, used by schemathesis)."""
+
+BEARER = [{"bearer": []}]
+ERROR = {
+    "description": "bad request: the body names the field",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "retain scoring service", "version": "1"},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/score": {
+            "post": {
+                "summary": "Scores, action and reasons of members in the current snapshot",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["member_ids"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "member_ids": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 10000,
+                                        "uniqueItems": True,
+                                        "items": {"type": "string", "minLength": 1},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "scores; unknown ids are listed in `unknown`"},
+                    "401": {"description": "missing or wrong token"},
+                    "413": ERROR,
+                    "422": ERROR,
+                    "400": ERROR,
+                },
+            }
+        },
+        "/score_features": {
+            "post": {
+                "summary": "Score members from features the caller holds (reasons computed per request)",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["members"],
+                                "properties": {
+                                    "as_of": {"type": "string", "format": "date"},
+                                    "members": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 1000,
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["member_id"],
+                                            "properties": {"member_id": {"type": "string", "minLength": 1}},
+                                            "additionalProperties": {"type": ["number", "null"]},
+                                        },
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "scores"},
+                    "401": {"description": "missing or wrong token"},
+                    "413": ERROR,
+                    "422": ERROR,
+                    "400": ERROR,
+                },
+            }
+        },
+        "/model": {
+            "get": {
+                "summary": "Model names, versions, metrics and the snapshot this worker serves",
+                "security": BEARER,
+                "responses": {"200": {"description": "model info"}, "401": {"description": "missing or wrong token"}},
+            }
+        },
+        "/reload": {
+            "post": {
+                "summary": "Pick up a newly promoted champion and snapshot in every worker",
+                "security": BEARER,
+                "responses": {"200": {"description": "reloaded"}, "401": {"description": "missing or wrong token"}},
+            }
+        },
+    },
+}

@@ -1,0 +1,127 @@
+"""What a scoring worker holds: the champion scorer and the scored snapshot, swapped as one object.
+
+`ServingState.load` reads both; `Generation` is a marker file beside the snapshots that `/reload`
+bumps, so every worker sees a reload (each checks the marker on every request, a `stat`), and a request
+already running keeps the state it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from retain import api, snapshot
+from retain.config import Config
+from retain.scoring import Scorer
+
+GENERATION_FILE = "GENERATION"
+DERIVED_PREFIXES = ("bgnbd_", "promo_days_ahead_")
+SNAPSHOT_OUTPUT_COLUMNS = (
+    "churn_risk",
+    "repurchase_prob",
+    "segment",
+    "action",
+    "offer_detail",
+    "expected_value",
+    "value",
+)
+
+
+@dataclass
+class ServingState:
+    scorer: Scorer
+    as_of: pd.Timestamp
+    model_versions: dict[str, str]
+    dataset_fingerprint: str
+    feature_names: list[str]
+    records: dict[str, str]  # member_id -> the member's score as a JSON object, ready to send
+    generation: int
+    metrics: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config: Config, registry, generation: int) -> ServingState:
+        scorer = Scorer.from_registry(registry, config)
+        frame, meta = snapshot.read_current(Path(config.serving.snapshot_dir))
+        frame = frame.set_index("member_id") if "member_id" in frame.columns else frame
+        records = {
+            member_id: json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            for member_id, record in zip(frame.index, api.score_records(frame), strict=True)
+        }
+        features = [name for name in scorer.churn.feature_names if not name.startswith(DERIVED_PREFIXES)]
+        metrics = {task: registry.version_by_alias(task).tags for task in ("churn", "repurchase")}
+        return cls(
+            scorer,
+            pd.Timestamp(meta["as_of"]),
+            meta["model_versions"],
+            meta["dataset_fingerprint"],
+            features,
+            records,
+            generation,
+            metrics,
+        )
+
+    def score_response(self, member_ids: list[str]) -> str:
+        """The /score body, assembled from the precomputed JSON of each member."""
+        known = [self.records[m] for m in member_ids if m in self.records]
+        unknown = [m for m in member_ids if m not in self.records]
+        head = json.dumps({"as_of": self.as_of.date().isoformat(), "model_versions": self.model_versions})[:-1]
+        return f'{head},"scores":[{",".join(known)}],"unknown":{json.dumps(unknown, ensure_ascii=False)}}}'
+
+    def score_features(self, features: pd.DataFrame, as_of: pd.Timestamp | None) -> dict:
+        """Score fresh features on the fly, with reasons computed per request."""
+        as_of = as_of or self.as_of
+        scored = self.scorer.score(features, as_of).join(self.scorer.reasons(features, as_of))
+        return {
+            "as_of": as_of.date().isoformat(),
+            "model_versions": self.scorer.versions,
+            "scores": api.score_records(scored),
+            "unknown": [],
+        }
+
+    def describe(self) -> dict:
+        """What GET /model reports for this worker."""
+        return {
+            "worker_pid": os.getpid(),
+            "generation": self.generation,
+            "snapshot_as_of": self.as_of.date().isoformat(),
+            "snapshot_members": len(self.records),
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "models": {
+                name: {
+                    "version": version,
+                    "alias": "champion",
+                    "metrics": {
+                        k.removeprefix("retain.metric."): float(v)
+                        for k, v in self.metrics[task].items()
+                        if k.startswith("retain.metric.")
+                    },
+                    "dataset_fingerprint": self.metrics[task].get("retain.dataset_fingerprint"),
+                }
+                for task, (name, version) in zip(("churn", "repurchase"), self.scorer.versions.items(), strict=True)
+            },
+            "snapshot_model_versions": self.model_versions,
+        }
+
+
+class Generation:
+    """A counter in a file beside the snapshots; its change tells every worker to reload."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / GENERATION_FILE
+
+    def read(self) -> int:
+        try:
+            return int(self.path.read_text(encoding="utf-8").strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def bump(self) -> int:
+        value = self.read() + 1
+        tmp = self.path.with_name(f".{GENERATION_FILE}.tmp-{os.getpid()}")
+        tmp.write_text(f"{value}\n", encoding="utf-8")
+        tmp.replace(self.path)
+        return value
