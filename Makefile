@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train backtest-cdnow bench
+.PHONY: help setup lock demo test lint simulate train backtest-cdnow serve bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ demo: setup $(DATA)/dataset.json ## Install, build the demo dataset, train and r
 
 train: setup $(DATA)/dataset.json ## Fit, backtest, log to MLflow and gate the models (make train DATA=data/shop)
 	$(PY) -m training --data $(DATA)
+
+serve: setup ## Serve the champions over HTTP on 127.0.0.1:3000 (needs RETAIN_API_TOKEN; after make train)
+	$(RETAIN) serve
 
 data/cdnow/dataset.json: | setup
 	$(RETAIN) ingest --orders ../shared/data/cdnow/CDNOW_master.txt --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow

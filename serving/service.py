@@ -44,7 +44,7 @@ class RetainService:
         self._marker = self._marker_stamp()
         self.state = ServingState.load(self.config, self.registry, self.generation.read())
         self._freeze_gc()
-        app.router.routes.extend(build_app(self).router.routes)
+        app.router.routes[:] = build_app(self).router.routes
 
     def __is_ready__(self) -> bool:
         return getattr(self, "state", None) is not None

@@ -212,6 +212,47 @@ def backtest(
         console.print(f"wrote {json_out}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: serving.workers).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the champion models and the current snapshot over HTTP (BentoML).
+
+    Example: RETAIN_API_TOKEN=... retain serve --port 3000 --workers 2
+    """
+    import os
+    import sys
+
+    cfg = settings(config)
+    if cfg.api_token is None and not cfg.serving.allow_anonymous:
+        raise RetainError("RETAIN_API_TOKEN is not set: set it, or set serving.allow_anonymous = true for local use.")
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "RETAIN_SERVING_WORKERS": str(workers or cfg.serving.workers),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    if config:
+        env["RETAIN_CONFIG"] = str(config.resolve())
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:RetainService",
+        "--host",
+        host or cfg.serving.host,
+        "--port",
+        str(port or cfg.serving.port),
+    ]
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)  # the server takes this process's id: stop it by that id
+
+
 def feature_summary(frame: pd.DataFrame, as_of: pd.Timestamp) -> Table:
     """A few headline features: how many members have them and their quartiles."""
     table = Table("feature", "members", "p25", "median", "p75", title=f"features as of {as_of.date()}")
