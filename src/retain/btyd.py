@@ -25,13 +25,14 @@ def summary_from_features(features: pd.DataFrame) -> pd.DataFrame:
     `last_purchase_days_ago` (days from each purchase day to `as_of`). Returns `x` (repeat purchase
     days), `t_x` and `T` in weeks, T measured to the last day before `as_of`, and `monetary_mean`.
     """
-    first, last = features["first_purchase_days_ago"], features["last_purchase_days_ago"]
+    first = features["first_purchase_days_ago"].to_numpy(dtype=float)
+    last = features["last_purchase_days_ago"].to_numpy(dtype=float)
     return pd.DataFrame(
         {
-            "x": (features["frequency"] - 1).astype(float),
+            "x": features["frequency"].to_numpy(dtype=float) - 1,
             "t_x": (first - last) / DAYS_PER_WEEK,
             "T": (first - 1) / DAYS_PER_WEEK,
-            "monetary_mean": features["monetary_mean"].astype(float),
+            "monetary_mean": features["monetary_mean"].to_numpy(dtype=float),
         },
         index=features.index,
     )

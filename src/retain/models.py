@@ -6,6 +6,7 @@ Frames in, frames out: every function takes feature frames indexed by `member_id
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -51,19 +52,21 @@ def add_btyd_features(
     summary = btyd.summary_from_features(features)
     model = model or btyd.fit_bgnbd(summary, with_errors=False)
     weeks = horizon_days / btyd.DAYS_PER_WEEK
-    x, t_x, T = summary["x"], summary["t_x"], summary["T"]
-    extra = pd.DataFrame(
-        {
-            "bgnbd_p_alive": model.p_alive(x, t_x, T),
-            "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks),
-            "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks),
-        },
-        index=features.index,
-    )
-    return features.join(extra), model
+    x, t_x, T = (summary[col].to_numpy() for col in ("x", "t_x", "T"))
+    extra = {
+        "bgnbd_p_alive": model.p_alive(x, t_x, T),
+        "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks),
+        "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks),
+    }
+    return features.assign(**extra), model
 
 
 def promotion_days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: list[list[str]]) -> dict[str, int]:
+    return dict(_promotion_days_ahead(pd.Timestamp(as_of), horizon_days, tuple(tuple(w) for w in windows)))
+
+
+@functools.lru_cache(maxsize=256)  # a pure calendar function, asked for the same day on every request
+def _promotion_days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: tuple) -> tuple:
     """Days of each promotion window (618, Double 11, ...) in [as_of, as_of + horizon): known in advance.
 
     One feature per window, named after its dates (`promo_days_ahead_1101_1111`), because the promotions
@@ -75,7 +78,7 @@ def promotion_days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: list[l
     for lo, hi in windows:
         start, end = (int(text.replace("-", "")) for text in (lo, hi))
         out[f"promo_days_ahead_{start:04d}_{end:04d}"] = int(((md >= start) & (md <= end)).sum())
-    return out
+    return tuple(out.items())
 
 
 @dataclass
