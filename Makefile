@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train backtest-cdnow serve bench
+.PHONY: help setup lock demo test lint simulate train backtest-cdnow serve bench bench-serve
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,3 +66,6 @@ bench: setup ## Run the benchmarks (simulator, features, training); figures go t
 	$(PY) bench/bench_simulate.py
 	$(PY) bench/bench_features.py
 	$(PY) bench/bench_train.py
+
+bench-serve: setup ## Serving speed against a bare BentoML endpoint, real server on 127.0.0.1 (after make train)
+	$(PY) bench/bench_serve.py

@@ -46,6 +46,11 @@ class RetainService:
         self._freeze_gc()
         app.router.routes[:] = build_app(self).router.routes
 
+    @bentoml.api(route="/ping")
+    async def ping(self) -> dict:
+        """A constant: the bare-endpoint reference of `make bench-serve`."""
+        return {"ok": True}
+
     def __is_ready__(self) -> bool:
         return getattr(self, "state", None) is not None
 
@@ -76,8 +81,8 @@ class RetainService:
         except FileNotFoundError:
             return 0
 
-    @staticmethod
-    def _freeze_gc() -> None:
+    def _freeze_gc(self) -> None:
         # The models and the snapshot are long-lived: keep the collector from walking them on every pass.
-        gc.collect()
-        gc.freeze()
+        if self.config.serving.gc_freeze:
+            gc.collect()
+            gc.freeze()

@@ -72,6 +72,7 @@ class ServingConfig:
     workers: int = 1
     allow_anonymous: bool = False
     snapshot_dir: str = "snapshots"
+    gc_freeze: bool = True
     max_ids_per_request: int = 10000
     max_members_per_request: int = 1000
 
