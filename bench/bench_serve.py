@@ -41,11 +41,12 @@ def in_process(members: list[str]) -> None:
     dataset = open_dataset(config.data.dataset)
     scorer = Scorer.from_registry(Registry(config.mlflow), config)
     frame = features.build(dataset, dataset.observed_until, config.data)
+    as_of = dataset.observed_until
     for n in (1, 1000):
         rows = frame.head(n)
-        scorer.score(rows, dataset.observed_until)
-        t = [timed(lambda: scorer.score(rows, dataset.observed_until)) for _ in range(20)]
-        r = [timed(lambda: scorer.reasons(rows, dataset.observed_until)) for _ in range(5 if n > 1 else 20)]
+        scorer.score(rows, as_of)
+        t = [timed(lambda rows=rows: scorer.score(rows, as_of)) for _ in range(20)]
+        r = [timed(lambda rows=rows: scorer.reasons(rows, as_of)) for _ in range(5 if n > 1 else 20)]
         print(
             f"in-process Scorer, {n:>5} member(s): score+decide {np.median(t):7.2f} ms, "
             f"reasons on the fly +{np.median(r):7.2f} ms"
@@ -143,11 +144,12 @@ def concurrent(url: str, path: str, members: list[str], clients: int, seconds: f
 
 
 def workers_of(process: subprocess.Popen) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=,pgid=,args=", "-e"], capture_output=True, text=True).stdout
+    """The worker processes: children of the server process (BentoML gives each its own group)."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
     pids = []
     for line in out.splitlines():
-        pid, pgid, args = line.split(None, 2)
-        if int(pgid) == process.pid and "_bentoml_impl.worker" in args:
+        pid, ppid, args = line.split(None, 2)
+        if int(ppid) == process.pid and "worker" in args:
             pids.append(int(pid))
     return pids
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from retain import decisions, models
+from retain import btyd, decisions, models
 from retain.config import Config
 
 TASKS = ("churn", "repurchase")
@@ -58,13 +58,36 @@ class Scorer:
             **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows)
         )
 
+    def model_matrix(self, features: pd.DataFrame, base: np.ndarray, as_of: pd.Timestamp, task: str) -> np.ndarray:
+        """`model_input` as the model's matrix, built column by column from `base` (the features as
+        float64): the scoring path without pandas copies, measured several times faster per member."""
+        model = self.model(task)
+        summary = btyd.summary_from_features(features)
+        x, t_x, T = (summary[col].to_numpy() for col in ("x", "t_x", "T"))
+        weeks = model.horizon_days / btyd.DAYS_PER_WEEK
+        extra = {
+            "bgnbd_p_alive": model.bgnbd.p_alive(x, t_x, T),
+            "bgnbd_expected_purchases": model.bgnbd.expected_purchases(x, t_x, T, weeks),
+            "bgnbd_p_purchase": model.bgnbd.p_any_purchase(x, t_x, T, weeks),
+            **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows),
+        }
+        position = {name: i for i, name in enumerate(features.columns)}
+        matrix = np.full((len(features), len(model.feature_names)), np.nan)
+        for j, name in enumerate(model.feature_names):
+            if name in extra:
+                matrix[:, j] = extra[name]
+            elif name in position:
+                matrix[:, j] = base[:, position[name]]
+        return matrix
+
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
         budget: `segment`, `action`, `offer_detail`, `expected_value`, `value`."""
+        base = features.to_numpy(dtype=np.float64, na_value=np.nan)
         scores = pd.DataFrame(
             {
-                "churn_risk": self.churn.predict(self.model_input(features, as_of, "churn")),
-                "repurchase_prob": self.repurchase.predict(self.model_input(features, as_of, "repurchase")),
+                task_column: self.model(task).predict_matrix(self.model_matrix(features, base, as_of, task))
+                for task, task_column in (("churn", "churn_risk"), ("repurchase", "repurchase_prob"))
             },
             index=features.index,
         )
