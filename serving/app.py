@@ -65,7 +65,7 @@ def build_app(service) -> Starlette:
         return JSONResponse(body)
 
     async def model(request: Request, state) -> Response:
-        return JSONResponse(state.describe())
+        return JSONResponse({**state.describe(), "workers": service.workers.live()})
 
     async def reload(request: Request, state) -> Response:
         fresh = await asyncio.to_thread(service.reload)

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from retain.config import load_config
 from retain.errors import RetainError
 from retain.registry import Registry
-from retain.serving_state import Generation, ServingState
+from retain.serving_state import Generation, ServingState, WorkerRegistry
 from serving.app import build_app
 
 log = logging.getLogger("retain.serving")
@@ -40,9 +40,11 @@ class RetainService:
             log.warning("serving without authentication (serving.allow_anonymous = true): local use only")
         self.registry = Registry(self.config.mlflow)
         self.generation = Generation(Path(self.config.serving.snapshot_dir))
+        self.workers = WorkerRegistry(Path(self.config.serving.snapshot_dir))
         self._lock = threading.Lock()
         self._marker = self._marker_stamp()
         self.state = ServingState.load(self.config, self.registry, self.generation.read())
+        self.workers.publish(self.state)
         self._freeze_gc()
         app.router.routes[:] = build_app(self).router.routes
 
@@ -62,6 +64,7 @@ class RetainService:
                 if stamp != self._marker:
                     self.state = ServingState.load(self.config, self.registry, self.generation.read())
                     self._marker = stamp
+                    self.workers.publish(self.state)
                     self._freeze_gc()
         return self.state
 
@@ -72,6 +75,7 @@ class RetainService:
             self.generation.bump()
             self._marker = self._marker_stamp()
             self.state = fresh  # one assignment: requests in flight keep the old state
+            self.workers.publish(fresh)
             self._freeze_gc()
         return fresh
 

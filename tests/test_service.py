@@ -182,6 +182,7 @@ def test_model_reports_versions_metrics_and_snapshot(client, small_shop):
     assert churn["version"] == "1" and churn["alias"] == "champion"
     assert {"roc_auc", "pr_auc", "ece"} <= set(churn["metrics"])
     assert churn["dataset_fingerprint"] == small_shop.fingerprint
+    assert [w["worker_pid"] for w in body["workers"]] == [body["worker_pid"]]  # one worker here
 
 
 def test_reload_bumps_the_generation_and_serves_the_new_snapshot(client, store, members):

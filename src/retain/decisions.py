@@ -25,9 +25,8 @@ LIFECYCLE_NEW_DAYS = 30
 LIFECYCLE_CHURN_BANDS = ((0.3, "active"), (0.6, "at_risk"), (0.85, "sleeping"), (1.01, "lost"))
 
 
-def member_value(features: pd.DataFrame, bgnbd: btyd.BGNBD, config: Config) -> np.ndarray:
-    """Expected margin over the value horizon, in the shop's currency."""
-    summary = btyd.summary_from_features(features)
+def member_value(summary: pd.DataFrame, bgnbd: btyd.BGNBD, config: Config) -> np.ndarray:
+    """Expected margin over the value horizon, in the shop's currency (from the BTYD summary)."""
     weeks = config.decisions.value_horizon_days / btyd.DAYS_PER_WEEK
     purchases = bgnbd.expected_purchases(
         summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy(), weeks
@@ -66,9 +65,18 @@ def _column(features: pd.DataFrame, name: str, n: int) -> np.ndarray:
 
 def decide(features: pd.DataFrame, scores: pd.DataFrame, bgnbd: btyd.BGNBD, config: Config) -> pd.DataFrame:
     """segment, action, offer_detail, expected_value and value per member (index member_id)."""
-    value = member_value(features, bgnbd, config)
-    w, s, d = config.winback, config.subscription, config.decisions
+    summary = btyd.summary_from_features(features)
     churn, repurchase = scores["churn_risk"].to_numpy(), scores["repurchase_prob"].to_numpy()
+    return pd.DataFrame(decide_arrays(features, summary, churn, repurchase, bgnbd, config), index=features.index)
+
+
+def decide_arrays(
+    features: pd.DataFrame, summary: pd.DataFrame, churn: np.ndarray, repurchase: np.ndarray, bgnbd: btyd.BGNBD,
+    config: Config,
+) -> dict[str, np.ndarray]:
+    """`decide` on arrays, for the scoring path: the same columns, without building frames."""
+    value = member_value(summary, bgnbd, config)
+    w, s, d = config.winback, config.subscription, config.decisions
     coupon_cost = w.send_cost + w.redeem_rate * w.coupon_value
     winback_ev = np.where(churn >= d.churn_threshold, w.prior_uplift * value - coupon_cost, -np.inf)
     category, cycle = regular_cycle(features, config)
@@ -83,13 +91,10 @@ def decide(features: pd.DataFrame, scores: pd.DataFrame, bgnbd: btyd.BGNBD, conf
     detail[action == "winback_coupon"] = w.coupon_label
     offers = np.flatnonzero(action == "subscription_offer")
     detail[offers] = [f"{category[i]} every {round(cycle[i])} days" for i in offers]
-    return pd.DataFrame(
-        {
-            "segment": segment(_column(features, "tenure_days", len(features)), churn, value, config),
-            "action": action,
-            "offer_detail": detail,
-            "expected_value": np.where(action == "none", 0.0, best),
-            "value": value,
-        },
-        index=features.index,
-    )
+    return {
+        "segment": segment(_column(features, "tenure_days", len(features)), churn, value, config),
+        "action": action,
+        "offer_detail": detail,
+        "expected_value": np.where(action == "none", 0.0, best),
+        "value": value,
+    }

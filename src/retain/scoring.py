@@ -58,11 +58,13 @@ class Scorer:
             **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows)
         )
 
-    def model_matrix(self, features: pd.DataFrame, base: np.ndarray, as_of: pd.Timestamp, task: str) -> np.ndarray:
+    def model_matrix(
+        self, features: pd.DataFrame, base: np.ndarray, summary: pd.DataFrame, as_of: pd.Timestamp, task: str
+    ) -> np.ndarray:
         """`model_input` as the model's matrix, built column by column from `base` (the features as
-        float64): the scoring path without pandas copies, measured several times faster per member."""
+        float64) and the BTYD `summary`: the scoring path without pandas copies (measured several times
+        faster per member)."""
         model = self.model(task)
-        summary = btyd.summary_from_features(features)
         x, t_x, T = (summary[col].to_numpy() for col in ("x", "t_x", "T"))
         weeks = model.horizon_days / btyd.DAYS_PER_WEEK
         extra = {
@@ -84,14 +86,11 @@ class Scorer:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
         budget: `segment`, `action`, `offer_detail`, `expected_value`, `value`."""
         base = features.to_numpy(dtype=np.float64, na_value=np.nan)
-        scores = pd.DataFrame(
-            {
-                task_column: self.model(task).predict_matrix(self.model_matrix(features, base, as_of, task))
-                for task, task_column in (("churn", "churn_risk"), ("repurchase", "repurchase_prob"))
-            },
-            index=features.index,
-        )
-        return scores.join(decisions.decide(features, scores, self.churn.bgnbd, self.config))
+        summary = btyd.summary_from_features(features)
+        churn = self.churn.predict_matrix(self.model_matrix(features, base, summary, as_of, "churn"))
+        repurchase = self.repurchase.predict_matrix(self.model_matrix(features, base, summary, as_of, "repurchase"))
+        decided = decisions.decide_arrays(features, summary, churn, repurchase, self.churn.bgnbd, self.config)
+        return pd.DataFrame({"churn_risk": churn, "repurchase_prob": repurchase, **decided}, index=features.index)
 
     def reasons(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """The three features that pushed each member's churn risk most, with value and direction.

@@ -107,6 +107,33 @@ class ServingState:
         }
 
 
+class WorkerRegistry:
+    """Each worker writes what it serves to `<snapshot_dir>/workers/<pid>.json`, so that `/model`, which
+    one worker answers, can show every live worker's models and snapshot."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder) / "workers"
+
+    def publish(self, state: ServingState) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{os.getpid()}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(state.describe()), encoding="utf-8")
+        tmp.replace(path)
+
+    def live(self) -> list[dict]:
+        workers = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                os.kill(int(path.stem), 0)  # is that worker still running?
+                workers.append(json.loads(path.read_text(encoding="utf-8")))
+            except (ProcessLookupError, ValueError, json.JSONDecodeError, FileNotFoundError):
+                continue
+            except PermissionError:  # running, under another user
+                workers.append(json.loads(path.read_text(encoding="utf-8")))
+        return workers
+
+
 class Generation:
     """A counter in a file beside the snapshots; its change tells every worker to reload."""
 
