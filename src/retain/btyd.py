@@ -25,17 +25,21 @@ def summary_from_features(features: pd.DataFrame) -> pd.DataFrame:
     `last_purchase_days_ago` (days from each purchase day to `as_of`). Returns `x` (repeat purchase
     days), `t_x` and `T` in weeks, T measured to the last day before `as_of`, and `monetary_mean`.
     """
-    first = features["first_purchase_days_ago"].to_numpy(dtype=float)
-    last = features["last_purchase_days_ago"].to_numpy(dtype=float)
-    return pd.DataFrame(
-        {
-            "x": features["frequency"].to_numpy(dtype=float) - 1,
-            "t_x": (first - last) / DAYS_PER_WEEK,
-            "T": (first - 1) / DAYS_PER_WEEK,
-            "monetary_mean": features["monetary_mean"].to_numpy(dtype=float),
-        },
-        index=features.index,
-    )
+    arrays = summary_arrays(*(features[name].to_numpy(dtype=float) for name in SUMMARY_INPUTS))
+    return pd.DataFrame(arrays, index=features.index)
+
+
+SUMMARY_INPUTS = ("frequency", "first_purchase_days_ago", "last_purchase_days_ago", "monetary_mean")
+
+
+def summary_arrays(frequency, first_purchase_days_ago, last_purchase_days_ago, monetary_mean) -> dict[str, np.ndarray]:
+    """`summary_from_features` on arrays (the scoring path): x, t_x, T in weeks, monetary_mean."""
+    return {
+        "x": frequency - 1,
+        "t_x": (first_purchase_days_ago - last_purchase_days_ago) / DAYS_PER_WEEK,
+        "T": (first_purchase_days_ago - 1) / DAYS_PER_WEEK,
+        "monetary_mean": monetary_mean,
+    }
 
 
 @dataclass(frozen=True)

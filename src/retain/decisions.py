@@ -15,6 +15,8 @@ the scorer applies until the uplift-based policy lands:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -25,13 +27,11 @@ LIFECYCLE_NEW_DAYS = 30
 LIFECYCLE_CHURN_BANDS = ((0.3, "active"), (0.6, "at_risk"), (0.85, "sleeping"), (1.01, "lost"))
 
 
-def member_value(summary: pd.DataFrame, bgnbd: btyd.BGNBD, config: Config) -> np.ndarray:
-    """Expected margin over the value horizon, in the shop's currency (from the BTYD summary)."""
+def member_value(summary: dict[str, np.ndarray], bgnbd: btyd.BGNBD, config: Config) -> np.ndarray:
+    """Expected margin over the value horizon, in the shop's currency (from the BTYD summary arrays)."""
     weeks = config.decisions.value_horizon_days / btyd.DAYS_PER_WEEK
-    purchases = bgnbd.expected_purchases(
-        summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy(), weeks
-    )
-    return purchases * summary["monetary_mean"].to_numpy() * config.decisions.margin_rate
+    purchases = bgnbd.expected_purchases(summary["x"], summary["t_x"], summary["T"], weeks)
+    return purchases * summary["monetary_mean"] * config.decisions.margin_rate
 
 
 def segment(tenure_days: np.ndarray, churn_risk: np.ndarray, value: np.ndarray, config: Config) -> np.ndarray:
@@ -45,13 +45,12 @@ def segment(tenure_days: np.ndarray, churn_risk: np.ndarray, value: np.ndarray, 
     return np.char.add(np.char.add(lifecycle.astype(str), "_"), tier.astype(str))
 
 
-def regular_cycle(features: pd.DataFrame, config: Config) -> tuple[np.ndarray, np.ndarray]:
+def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """Each member's most regular replenishment category and its cycle in days, where that cycle is
     regular enough (cv <= subscription.max_cycle_cv); None and NaN elsewhere."""
     slugs = [config.data.categories.get(name, name) for name in config.data.replenishment_categories]
-    n = len(features)
-    cv = np.column_stack([_column(features, f"cycle_cv_{s}", n) for s in slugs]) if slugs else np.full((n, 1), np.nan)
-    days = np.column_stack([_column(features, f"cycle_days_{s}", n) for s in slugs]) if slugs else cv
+    cv = np.column_stack([column(f"cycle_cv_{s}") for s in slugs]) if slugs else np.full((n, 1), np.nan)
+    days = np.column_stack([column(f"cycle_days_{s}") for s in slugs]) if slugs else cv
     best = np.argmin(np.where(np.isnan(cv), np.inf, cv), axis=1)
     rows = np.arange(n)
     regular = cv[rows, best] <= config.subscription.max_cycle_cv  # False where every cv is missing
@@ -59,19 +58,32 @@ def regular_cycle(features: pd.DataFrame, config: Config) -> tuple[np.ndarray, n
     return np.where(regular, names[best], None), np.where(regular, days[rows, best], np.nan)
 
 
-def _column(features: pd.DataFrame, name: str, n: int) -> np.ndarray:
-    return features[name].to_numpy(dtype=float, na_value=np.nan) if name in features else np.full(n, np.nan)
+Columns = Callable[[str], np.ndarray]
+
+
+def columns_of(features: pd.DataFrame, base: np.ndarray | None = None) -> Columns:
+    """A feature column by name as float64 (all NaN when absent), read from `base`, the features as one
+    float matrix, when the caller already has it (pandas column access is the slow part for one member)."""
+    base = features.to_numpy(dtype=np.float64, na_value=np.nan) if base is None else base
+    position = {name: i for i, name in enumerate(features.columns)}
+    missing = np.full(len(features), np.nan)
+    return lambda name: base[:, position[name]] if name in position else missing
 
 
 def decide(features: pd.DataFrame, scores: pd.DataFrame, bgnbd: btyd.BGNBD, config: Config) -> pd.DataFrame:
     """segment, action, offer_detail, expected_value and value per member (index member_id)."""
-    summary = btyd.summary_from_features(features)
+    column = columns_of(features)
+    summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
     churn, repurchase = scores["churn_risk"].to_numpy(), scores["repurchase_prob"].to_numpy()
-    return pd.DataFrame(decide_arrays(features, summary, churn, repurchase, bgnbd, config), index=features.index)
+    return pd.DataFrame(decide_arrays(column, summary, churn, repurchase, bgnbd, config), index=features.index)
 
 
 def decide_arrays(
-    features: pd.DataFrame, summary: pd.DataFrame, churn: np.ndarray, repurchase: np.ndarray, bgnbd: btyd.BGNBD,
+    column: Columns,
+    summary: dict[str, np.ndarray],
+    churn: np.ndarray,
+    repurchase: np.ndarray,
+    bgnbd: btyd.BGNBD,
     config: Config,
 ) -> dict[str, np.ndarray]:
     """`decide` on arrays, for the scoring path: the same columns, without building frames."""
@@ -79,8 +91,8 @@ def decide_arrays(
     w, s, d = config.winback, config.subscription, config.decisions
     coupon_cost = w.send_cost + w.redeem_rate * w.coupon_value
     winback_ev = np.where(churn >= d.churn_threshold, w.prior_uplift * value - coupon_cost, -np.inf)
-    category, cycle = regular_cycle(features, config)
-    subscribed = np.nan_to_num(_column(features, "active_subscriptions", len(features))) > 0
+    category, cycle = regular_cycle(column, len(churn), config)
+    subscribed = np.nan_to_num(column("active_subscriptions")) > 0
     eligible = (repurchase >= d.repurchase_threshold) & (category != None) & ~subscribed  # noqa: E711
     subscription_ev = np.where(eligible, s.uplift * value, -np.inf)
     best = np.maximum(winback_ev, subscription_ev)
@@ -92,7 +104,7 @@ def decide_arrays(
     offers = np.flatnonzero(action == "subscription_offer")
     detail[offers] = [f"{category[i]} every {round(cycle[i])} days" for i in offers]
     return {
-        "segment": segment(_column(features, "tenure_days", len(features)), churn, value, config),
+        "segment": segment(column("tenure_days"), churn, value, config),
         "action": action,
         "offer_detail": detail,
         "expected_value": np.where(action == "none", 0.0, best),
