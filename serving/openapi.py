@@ -5,6 +5,8 @@ ERROR = {
     "description": "bad request: the body names the field",
     "content": {"application/json": {"schema": {"type": "object"}}},
 }
+# The 4xx answers of the routes that take a body.
+REJECTED = {"401": {"description": "missing or wrong token"}, "400": ERROR, "413": ERROR, "422": ERROR}
 OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "retain scoring service", "version": "1"},
@@ -37,10 +39,7 @@ OPENAPI = {
                 },
                 "responses": {
                     "200": {"description": "scores; unknown ids are listed in `unknown`"},
-                    "401": {"description": "missing or wrong token"},
-                    "413": ERROR,
-                    "422": ERROR,
-                    "400": ERROR,
+                    **REJECTED,
                 },
             }
         },
@@ -75,10 +74,7 @@ OPENAPI = {
                 },
                 "responses": {
                     "200": {"description": "scores"},
-                    "401": {"description": "missing or wrong token"},
-                    "413": ERROR,
-                    "422": ERROR,
-                    "400": ERROR,
+                    **REJECTED,
                 },
             }
         },

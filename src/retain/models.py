@@ -52,14 +52,19 @@ def add_btyd_features(
     """
     summary = btyd.summary_from_features(features)
     model = model or btyd.fit_bgnbd(summary, with_errors=False)
+    arrays = {col: summary[col].to_numpy() for col in ("x", "t_x", "T")}
+    return features.assign(**btyd_feature_arrays(model, arrays, horizon_days)), model
+
+
+def btyd_feature_arrays(model: btyd.BGNBD, summary: dict[str, np.ndarray], horizon_days: int) -> dict[str, np.ndarray]:
+    """The BG/NBD feature columns from the summary arrays x, t_x, T (weeks)."""
+    x, t_x, T = summary["x"], summary["t_x"], summary["T"]
     weeks = horizon_days / btyd.DAYS_PER_WEEK
-    x, t_x, T = (summary[col].to_numpy() for col in ("x", "t_x", "T"))
-    extra = {
+    return {
         "bgnbd_p_alive": model.p_alive(x, t_x, T),
         "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks),
         "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks),
     }
-    return features.assign(**extra), model
 
 
 def promotion_days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: list[list[str]]) -> dict[str, int]:

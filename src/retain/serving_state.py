@@ -20,15 +20,6 @@ from retain.scoring import Scorer
 
 GENERATION_FILE = "GENERATION"
 DERIVED_PREFIXES = ("bgnbd_", "promo_days_ahead_")
-SNAPSHOT_OUTPUT_COLUMNS = (
-    "churn_risk",
-    "repurchase_prob",
-    "segment",
-    "action",
-    "offer_detail",
-    "expected_value",
-    "value",
-)
 
 
 @dataclass
