@@ -123,6 +123,7 @@ def log_run(registry, dataset, config, task, horizon, held_out, refit, result, c
             "refit_fit_snapshots": ",".join(str(d.date()) for d in refit.plan.fit_dates),
             "refit_calibration_snapshots": ",".join(str(d.date()) for d in refit.plan.calibration_dates),
             "n_features": len(refit.model.feature_names),
+        "refit_training_rows": refit.training_rows,
             "best_iteration": refit.model.metadata.get("best_iteration"),
             **{f"training.{k}": v for k, v in vars(config.training).items()},
             **{f"lightgbm.{k}": v for k, v in LIGHTGBM_PARAMS.items()},

@@ -7,7 +7,7 @@ The training job and `retain backtest` share `fit_for_cutoff` and `evaluate_at`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,6 @@ class FittedTask:
     recency_rule: object
     rfm_logistic: object
     training_rows: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def fit_for_cutoff(snapshots: Snapshots, as_of: pd.Timestamp, task: str, horizon_days: int) -> FittedTask:
