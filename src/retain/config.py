@@ -50,7 +50,6 @@ class LabelsConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    snapshot_interval_days: int = 30
     min_snapshots: int = 3
     max_snapshots: int = 15
     calibration_snapshots: int = 3
