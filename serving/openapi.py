@@ -7,89 +7,80 @@ ERROR = {
 }
 # The 4xx answers of the routes that take a body.
 REJECTED = {"401": {"description": "missing or wrong token"}, "400": ERROR, "413": ERROR, "422": ERROR}
+UNAUTHORIZED = {"401": {"description": "missing or wrong token"}}
+
+
+def post_json(summary: str, schema: dict, ok: str) -> dict:
+    """A bearer-protected POST taking a JSON body with `schema`."""
+    return {
+        "post": {
+            "summary": summary,
+            "security": BEARER,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": {"200": {"description": ok}, **REJECTED},
+        }
+    }
+
+
+SCORE_REQUEST = {
+    "type": "object",
+    "required": ["member_ids"],
+    "additionalProperties": False,
+    "properties": {
+        "member_ids": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 10000,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1},
+        }
+    },
+}
+SCORE_FEATURES_REQUEST = {
+    "type": "object",
+    "required": ["members"],
+    "properties": {
+        "as_of": {"type": "string", "format": "date"},
+        "members": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1000,
+            "items": {
+                "type": "object",
+                "required": ["member_id"],
+                "properties": {"member_id": {"type": "string", "minLength": 1}},
+                "additionalProperties": {"type": ["number", "null"]},
+            },
+        },
+    },
+}
 OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "retain scoring service", "version": "1"},
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     "paths": {
-        "/score": {
-            "post": {
-                "summary": "Scores, action and reasons of members in the current snapshot",
-                "security": BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["member_ids"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "member_ids": {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "maxItems": 10000,
-                                        "uniqueItems": True,
-                                        "items": {"type": "string", "minLength": 1},
-                                    }
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {"description": "scores; unknown ids are listed in `unknown`"},
-                    **REJECTED,
-                },
-            }
-        },
-        "/score_features": {
-            "post": {
-                "summary": "Score members from features the caller holds (reasons computed per request)",
-                "security": BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["members"],
-                                "properties": {
-                                    "as_of": {"type": "string", "format": "date"},
-                                    "members": {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "maxItems": 1000,
-                                        "items": {
-                                            "type": "object",
-                                            "required": ["member_id"],
-                                            "properties": {"member_id": {"type": "string", "minLength": 1}},
-                                            "additionalProperties": {"type": ["number", "null"]},
-                                        },
-                                    },
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {"description": "scores"},
-                    **REJECTED,
-                },
-            }
-        },
+        "/score": post_json(
+            "Scores, action and reasons of members in the current snapshot",
+            SCORE_REQUEST,
+            "scores; unknown ids are listed in `unknown`",
+        ),
+        "/score_features": post_json(
+            "Score members from features the caller holds (reasons computed per request)",
+            SCORE_FEATURES_REQUEST,
+            "scores",
+        ),
         "/model": {
             "get": {
-                "summary": "Model names, versions, metrics and the snapshot this worker serves",
+                "summary": "Model names, versions, metrics and the snapshot each worker serves",
                 "security": BEARER,
-                "responses": {"200": {"description": "model info"}, "401": {"description": "missing or wrong token"}},
+                "responses": {"200": {"description": "model info"}, **UNAUTHORIZED},
             }
         },
         "/reload": {
             "post": {
                 "summary": "Pick up a newly promoted champion and snapshot in every worker",
                 "security": BEARER,
-                "responses": {"200": {"description": "reloaded"}, "401": {"description": "missing or wrong token"}},
+                "responses": {"200": {"description": "reloaded"}, **UNAUTHORIZED},
             }
         },
     },
