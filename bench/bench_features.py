@@ -59,9 +59,9 @@ def run_step(step: str, path: Path, as_of: pd.Timestamp) -> dict:
     elif step == "core":
         con = features.connect()
         features.register_dataset(con, dataset)
-        con.execute(features.read_sql("prepare").replace(":as_of", f"TIMESTAMP '{as_of}'"))
+        features.prepare(con, as_of)
         core = features.aggregates_query("paid", [features.read_sql("core")])
-        rows = len(con.sql(core.replace(":as_of", f"TIMESTAMP '{as_of}'")).df())
+        rows = len(con.sql(features.bind(core, features.sql_params(as_of))).df())
     else:
         rows = len(features.build(dataset, as_of, config.data))
     seconds = time.perf_counter() - started

@@ -14,7 +14,7 @@ import pandas as pd
 from retain import contract as c
 from retain.dataset import Dataset
 from retain.errors import RetainError
-from retain.features import connect, read_sql, register_dataset
+from retain.features import connect, prepare, register_dataset
 
 TASKS = ("churn", "repurchase")
 
@@ -40,7 +40,7 @@ def build(dataset: Dataset, as_of: pd.Timestamp, task: str, horizon_days: int) -
     con = connect()
     try:
         register_dataset(con, dataset)
-        con.execute(read_sql("prepare").replace(":as_of", f"TIMESTAMP '{as_of.isoformat(sep=' ')}'"))
+        prepare(con, as_of)
         frame = con.execute(
             """
             SELECT p.member_id, count(w.member_id) > 0 AS bought

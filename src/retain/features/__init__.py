@@ -101,11 +101,8 @@ def compute(
     con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp, data_config: DataConfig, tables: set[str]
 ) -> pd.DataFrame:
     """Run every feature family whose tables are present and join them on `member_id`."""
-    params = {
-        ":as_of": f"TIMESTAMP '{pd.Timestamp(as_of).isoformat(sep=' ')}'",
-        ":promo_condition": promotion_condition(data_config.promotion_windows),
-    }
-    con.execute(_bind(read_sql("prepare"), params))
+    params = sql_params(as_of, data_config.promotion_windows)
+    prepare(con, as_of)
     paid_aggregates = [read_sql(name) for name in AGGREGATE_FAMILIES["paid"]]
     paid_aggregates.append(category_mix_aggregates(data_config.categories))
     families = [("paid", aggregates_query("paid", paid_aggregates))]
@@ -114,7 +111,7 @@ def compute(
     if cycles:
         families.append(("cycles", cycles))
     for name, sql in families:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE f_{name} AS {_bind(sql, params)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE f_{name} AS {bind(sql, params)}")
     return _join_families(con, [name for name, _ in families], data_config)
 
 
@@ -158,7 +155,20 @@ def aggregates_query(source: str, aggregate_lists: list[str]) -> str:
     return f"SELECT member_id, {', '.join(lists)} FROM {source} GROUP BY member_id"
 
 
-def _bind(sql: str, params: dict[str, str]) -> str:
+def sql_params(as_of: pd.Timestamp, promotion_windows: list[list[str]] = ()) -> dict[str, str]:
+    """The literals the SQL files' placeholders stand for (`:as_of`, `:promo_condition`)."""
+    return {
+        ":as_of": f"TIMESTAMP '{pd.Timestamp(as_of).isoformat(sep=' ')}'",
+        ":promo_condition": promotion_condition(list(promotion_windows)),
+    }
+
+
+def prepare(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp) -> None:
+    """Create the `known_orders` and `paid` views as of `as_of` over the registered `orders`."""
+    con.execute(bind(read_sql("prepare"), sql_params(as_of)))
+
+
+def bind(sql: str, params: dict[str, str]) -> str:
     for token, literal in params.items():
         sql = sql.replace(token, literal)
     return sql
