@@ -1,13 +1,16 @@
 """The training job: for each task, evaluate a model fitted before the latest complete cutoff on that
 cutoff (held out), refit on all complete data, log everything to MLflow, register the refit with the
-held-out metrics, and move the `champion` alias only through the promotion gate. Then write the feature
-snapshot that the scoring service serves.
+held-out metrics, and move the `champion` alias only through the promotion gate. Then the decision
+models: the coupon uplift model (T-learner on past offers, measured by its Qini coefficient on the
+latest offers held out) and the value model (BG/NBD x Gamma-Gamma). Last, the feature snapshot that
+the scoring service serves.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
@@ -16,13 +19,16 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from retain import backtest, plots, promotion, snapshot
+from retain import backtest, btyd, plots, promotion, snapshot
+from retain import uplift as uplift_models
 from retain.config import Config, load_config
 from retain.dataset import Dataset, open_dataset
 from retain.errors import RetainError
-from retain.evaluation import evaluate
+from retain.evaluation import calibration_table, evaluate, qini_coefficient
 from retain.models import LIGHTGBM_PARAMS
 from retain.registry import CHALLENGER, CHAMPION, Registry
+from retain.scoring import MODELS
+from retain.value import fit_value_model
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -62,7 +68,11 @@ def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
         for task, horizon in tasks.items():
             status.update(f"{task}: fitting and evaluating on the held-out cutoff")
             results.append(train_task(registry, snapshots, task, horizon, force))
-        if all(registry.version_by_alias(task, CHAMPION) for task in tasks):
+        status.update("uplift: fitting the coupon model on past offers and their control groups")
+        train_uplift(registry, snapshots)
+        status.update("value: fitting BG/NBD and Gamma-Gamma")
+        train_value(registry, snapshots)
+        if all(registry.version_by_alias(name, CHAMPION) for name in MODELS):
             status.update("writing the feature snapshot for serving")
             console.print(f"snapshot for serving: {snapshot.write_latest(dataset, config, registry)}")
         else:
@@ -90,7 +100,7 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         log_run(registry, dataset, config, task, horizon, held_out, refit, result, champion_metrics, decision)
         log_plots(registry, task, y.to_numpy(), scores, refit)
         input_example = snapshots.features(dataset.observed_until - pd.Timedelta(days=horizon), horizon).head(5)
-        version = registry.log_model(refit.model, input_example)
+        version = registry.log_model(refit.model, input_example[refit.model.feature_names])
         registry.log_metrics({"duration_seconds": time.perf_counter() - started})
     tags = {
         "retain.run_id": run_id,
@@ -98,6 +108,8 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         "retain.decision": decision.decision,
         "retain.decision_reason": decision.reason,
         **{f"retain.metric.{name}": f"{value:.6f}" for name, value in new_metrics.items()},
+        # the held-out calibration curve, which the daily report draws
+        "retain.calibration": json.dumps(calibration_table(y.to_numpy(), scores["lightgbm"])),
     }
     if force:
         tags["retain.forced_by"] = os.environ.get("USER") or getpass.getuser()
@@ -105,6 +117,93 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
     registry.set_alias(task, CHAMPION if decision.promote else CHALLENGER, version)
     console.print(f"{task}: version {version} {decision.decision} ({decision.reason})")
     return {**result, "registered_version": version, "decision": decision.decision}
+
+
+def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
+    """Fit the coupon uplift model on the offers of the last `winback.history_days`, measure it on the
+    latest `winback.holdout_days` of offers (fitted on the earlier ones), refit on all, and register it.
+    The T-learner becomes champion when its held-out Qini coefficient is positive (it ranks members
+    better than chance); otherwise, and without enough history, the configured priors do."""
+    dataset, config = snapshots.dataset, snapshots.config
+    w, until = config.winback, dataset.observed_until
+    outcomes = uplift_models.offer_outcomes(
+        dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days
+    )
+    x, offers = uplift_models.training_frame(outcomes, snapshots.base_features)
+    names = list(snapshots.base_features(until).columns)
+    x = x.reindex(columns=names)
+    held_out = (offers["sent_day"] >= until - pd.Timedelta(days=w.holdout_days)).to_numpy()
+    seed = config.training.seed
+    metrics: dict[str, float] = {"offers": len(offers), "held_out_offers": int(held_out.sum())}
+    early = uplift_models.fit_uplift(x[~held_out], offers[~held_out], config, seed)
+    treated = offers["treated"].to_numpy(dtype=bool)
+    bought = offers["bought"].to_numpy(dtype=int)
+    if early.kind == "t_learner" and (treated & held_out).any() and (~treated & held_out).any():
+        predicted = uplift_models.predict_offers(early, x[held_out], offers[held_out])
+        metrics["qini"] = qini_coefficient(bought[held_out], treated[held_out], predicted)
+        metrics["held_out_observed_uplift"] = float(
+            bought[held_out & treated].mean() - bought[held_out & ~treated].mean()
+        )
+        metrics["held_out_predicted_uplift"] = float(predicted.mean())
+    refit = uplift_models.fit_uplift(x, offers, config, seed)
+    qini = metrics.get("qini", float("nan"))
+    if refit.kind == "prior":
+        model, reason = refit, f"priors: {refit.metadata['prior_reason']}"
+    elif qini > 0:
+        model, reason = refit, f"T-learner: held-out Qini {qini:.4f} > 0"
+    else:
+        model = uplift_models.prior_model(config, names, f"the T-learner's held-out Qini was {qini:.4f}")
+        reason = f"priors: the T-learner's held-out Qini {qini:.4f} is not above 0"
+    with registry.run("uplift", run_name=f"uplift-{until.date()}") as run_id:
+        registry.log_params(
+            {
+                "kind": model.kind,
+                "history_days": w.history_days,
+                "response_days": w.response_days,
+                "holdout_days": w.holdout_days,
+                "uses_coupon_value": model.uses_value,
+                "redeem_share": round(model.redeem_share, 6),
+                "dataset_fingerprint": dataset.fingerprint,
+                **{f"lightgbm.{k}": v for k, v in uplift_models.UPLIFT_PARAMS.items()},
+                "rounds": uplift_models.ROUNDS,
+            }
+        )
+        registry.log_metrics({k: v for k, v in metrics.items() if v == v})
+        if "qini" in metrics:
+            figure = plots.qini(bought[held_out], treated[held_out], predicted, "coupon uplift, held-out offers")
+            registry.log_figure(figure, "plots/qini.png")
+            plots.close(figure)
+        example = x.head(5).assign(**{uplift_models.COUPON_VALUE: next(iter(w.coupon_tiers.values()))})
+        version = registry.log_model(model, example[[*names, uplift_models.COUPON_VALUE]])
+    tags = {"retain.run_id": run_id, "retain.kind": model.kind, "retain.decision_reason": reason}
+    tags.update({f"retain.metric.{k}": f"{v:.6f}" for k, v in metrics.items() if v == v})
+    registry.tag_version("uplift", version, tags)
+    registry.set_alias("uplift", CHAMPION, version)
+    console.print(f"uplift: version {version} champion ({reason})")
+    return metrics
+
+
+def train_value(registry: Registry, snapshots: backtest.Snapshots) -> None:
+    """Fit BG/NBD and Gamma-Gamma on the features as of the end of the data and register the value model."""
+    dataset, config = snapshots.dataset, snapshots.config
+    features = snapshots.base_features(dataset.observed_until)
+    model = fit_value_model(features, config.decisions.value_horizon_days, config.decisions.margin_rate)
+    values = model.value(btyd.summary_arrays(*(features[n].to_numpy(dtype=float) for n in btyd.SUMMARY_INPUTS)))
+    with registry.run("value", run_name=f"value-{dataset.observed_until.date()}") as run_id:
+        registry.log_params(
+            {
+                **{f"bgnbd.{k}": v for k, v in model.bgnbd.params().items()},
+                **{f"gamma_gamma.{k}": getattr(model.gamma_gamma, k) for k in ("p", "q", "gamma")},
+                "horizon_days": model.horizon_days,
+                "margin_rate": model.margin_rate,
+                "dataset_fingerprint": dataset.fingerprint,
+            }
+        )
+        registry.log_metrics({"members": len(features), "mean_value": float(values.mean())})
+        version = registry.log_model(model, features.head(5)[model.feature_names])
+    registry.tag_version("value", version, {"retain.run_id": run_id, "retain.mean_value": f"{values.mean():.2f}"})
+    registry.set_alias("value", CHAMPION, version)
+    console.print(f"value: version {version} champion (mean expected margin {values.mean():.1f})")
 
 
 def log_run(registry, dataset, config, task, horizon, held_out, refit, result, champion_metrics, decision) -> None:

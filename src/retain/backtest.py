@@ -76,12 +76,16 @@ class Snapshots:
         self._features: dict[pd.Timestamp, pd.DataFrame] = {}
         self._bgnbd: dict[pd.Timestamp, object] = {}
 
-    def features(self, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
-        """Point-in-time features plus BG/NBD features over the horizon and the promotion days ahead."""
+    def base_features(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Point-in-time features as `features.build` returns them."""
         if as_of not in self._features:
             self._features[as_of] = feature_builder.build(self.dataset, as_of, self.config.data)
+        return self._features[as_of]
+
+    def features(self, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+        """Point-in-time features plus BG/NBD features over the horizon and the promotion days ahead."""
         frame, self._bgnbd[as_of] = models.add_btyd_features(
-            self._features[as_of], horizon_days, self._bgnbd.get(as_of)
+            self.base_features(as_of), horizon_days, self._bgnbd.get(as_of)
         )
         return frame.assign(**models.promotion_days_ahead(as_of, horizon_days, self.config.data.promotion_windows))
 

@@ -78,7 +78,10 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class DecisionsConfig:
-    churn_threshold: float = 0.6
+    churn_threshold: float = 0.3
+    sleeping_threshold: float = 0.6
+    lost_threshold: float = 0.85
+    new_member_days: int = 30
     repurchase_threshold: float = 0.5
     value_horizon_days: int = 365
     margin_rate: float = 0.3
@@ -86,6 +89,8 @@ class DecisionsConfig:
     language: str = "zh"
     high_value: float = 500.0
     low_value: float = 100.0
+    frequency_cap: int = 2
+    frequency_window_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -93,16 +98,21 @@ class WinbackConfig:
     send_cost: float = 0.5
     daily_budget: float = 20000.0
     cooldown_days: int = 30
-    coupon_label: str = "满100减10"
-    coupon_value: float = 10.0
+    coupon_tiers: dict[str, float] = field(default_factory=lambda: {"满100减10": 10.0})
     redeem_rate: float = 0.3
     prior_uplift: float = 0.05
+    response_days: int = 14
+    history_days: int = 365
+    min_treated: int = 1000
+    min_control: int = 200
+    holdout_days: int = 90
 
 
 @dataclass(frozen=True)
 class SubscriptionConfig:
     max_cycle_cv: float = 0.35
     uplift: float = 0.15
+    send_cost: float = 0.5
 
 
 @dataclass(frozen=True)

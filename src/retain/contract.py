@@ -30,6 +30,8 @@ VALUE = "value"
 REDEEMED_AT = "redeemed_at"
 STARTED_AT = "started_at"
 ENDED_AT = "ended_at"
+REASON = "reason"
+UNTIL = "until"
 
 # Allowed values ----------------------------------------------------------------------------------
 PAID, REFUNDED = "paid", "refunded"
@@ -37,6 +39,7 @@ STATUSES = (PAID, REFUNDED)
 TIERS = ("bronze", "silver", "gold", "platinum", "diamond")  # five membership levels, lowest first
 EVENT_TYPES = ("view", "favorite", "cart")
 OFFER_TYPES = ("winback_coupon", "subscription")
+SUPPRESSION_REASONS = ("opted_out", "complaint", "legal_hold")
 
 # Tables: required columns first, then optional ones, with their canonical kind ------------------
 # kind: "id" (string key), "text", "timestamp", "money" (float >= 0), "count" (int >= 0),
@@ -65,6 +68,8 @@ TABLES: dict[str, dict[str, object]] = {
         REDEEMED_AT: "timestamp",
     },
     "subscriptions": {MEMBER_ID: "id", CATEGORY: "text", STARTED_AT: "timestamp", ENDED_AT: "timestamp"},
+    # Members no list may contact: opted out, complaint, legal hold; until empty means for good.
+    "suppressions": {MEMBER_ID: "id", REASON: SUPPRESSION_REASONS, UNTIL: "timestamp"},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "orders": (ORDER_ID, MEMBER_ID, ORDERED_AT, AMOUNT),
@@ -72,6 +77,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "events": (MEMBER_ID, EVENT_AT, EVENT_TYPE),
     "offers": (OFFER_ID, MEMBER_ID, SENT_AT, OFFER_TYPE, TREATED),
     "subscriptions": (MEMBER_ID, CATEGORY, STARTED_AT),
+    "suppressions": (MEMBER_ID, REASON),
 }
 # The column that dates a row: rows at or after the dataset's `observed_until` are future rows.
 TIME_COLUMN = {"orders": ORDERED_AT, "events": EVENT_AT, "offers": SENT_AT, "subscriptions": STARTED_AT}

@@ -1,16 +1,22 @@
-"""From scores to an action per member, with its expected value and a CRM segment.
+"""From scores to decisions worth their cost: an action per member, and the budgeted daily list.
 
-This is the plain-threshold policy (`[decisions]`, `[winback]`, `[subscription]` in retain.toml) that
-the scorer applies until the uplift-based policy lands:
+Per member (`decide_arrays`, called by the `Scorer`, so the service and the export agree):
 
-- member value: BG/NBD expected purchases over `decisions.value_horizon_days` x mean order value x
-  `decisions.margin_rate`;
-- win-back coupon when churn risk >= `decisions.churn_threshold`; expected value
-  `winback.prior_uplift` x value - (`winback.send_cost` + `winback.redeem_rate` x coupon value);
-- subscription offer when repurchase probability >= `decisions.repurchase_threshold`, the member buys
-  a replenishment category on a regular cycle (cv <= `subscription.max_cycle_cv`) and holds no
-  subscription; expected value `subscription.uplift` x value;
-- the eligible action with the highest positive expected value, else none.
+- value: expected margin over `decisions.value_horizon_days` (`retain.value`: BG/NBD x Gamma-Gamma x margin);
+- win-back coupon, for members at risk or beyond (churn risk >= `decisions.churn_threshold`): for each
+  tier of `winback.coupon_tiers`, expected value = uplift x value - (send cost + P(redeem) x coupon
+  value), uplift and P(redeem) from `retain.uplift`; the best tier is the offer;
+- subscription offer (周期购), for members who buy a replenishment category on a regular cycle (gap
+  cv <= `subscription.max_cycle_cv`), are likely to buy again (>= `decisions.repurchase_threshold`) and
+  hold no subscription: expected value = `subscription.uplift` x the member's value in that category
+  (value x its share of orders) - `subscription.send_cost`;
+- the eligible action with the highest positive expected value, else none;
+- segment: lifecycle (new, active, at_risk, sleeping, lost, by the thresholds in `[decisions]`) crossed
+  with value (high, potential, low).
+
+For the daily list (`choose`): members whose action has positive expected value and no contact rule
+against them, by expected value per unit cost, until `winback.daily_budget` is spent; a random
+`decisions.holdout_share` of them is held out as the control group and costs nothing.
 """
 
 from __future__ import annotations
@@ -20,43 +26,13 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from retain import btyd
+from retain import uplift as uplift_model
 from retain.config import Config
+from retain.value import ValueModel
 
-LIFECYCLE_NEW_DAYS = 30
-LIFECYCLE_CHURN_BANDS = ((0.3, "active"), (0.6, "at_risk"), (0.85, "sleeping"), (1.01, "lost"))
-
-
-def member_value(summary: dict[str, np.ndarray], bgnbd: btyd.BGNBD, config: Config) -> np.ndarray:
-    """Expected margin over the value horizon, in the shop's currency (from the BTYD summary arrays)."""
-    weeks = config.decisions.value_horizon_days / btyd.DAYS_PER_WEEK
-    purchases = bgnbd.expected_purchases(summary["x"], summary["t_x"], summary["T"], weeks)
-    return purchases * summary["monetary_mean"] * config.decisions.margin_rate
-
-
-def segment(tenure_days: np.ndarray, churn_risk: np.ndarray, value: np.ndarray, config: Config) -> np.ndarray:
-    """Lifecycle (new, active, at_risk, sleeping, lost) crossed with value (high, potential, low)."""
-    lifecycle = np.select(
-        [churn_risk < upper for upper, _ in LIFECYCLE_CHURN_BANDS], [name for _, name in LIFECYCLE_CHURN_BANDS], "lost"
-    )
-    lifecycle = np.where(tenure_days < LIFECYCLE_NEW_DAYS, "new", lifecycle)
-    d = config.decisions
-    tier = np.where(value >= d.high_value, "high", np.where(value >= d.low_value, "potential", "low"))
-    return np.char.add(np.char.add(lifecycle.astype(str), "_"), tier.astype(str))
-
-
-def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Each member's most regular replenishment category and its cycle in days, where that cycle is
-    regular enough (cv <= subscription.max_cycle_cv); None and NaN elsewhere."""
-    slugs = [config.data.categories.get(name, name) for name in config.data.replenishment_categories]
-    cv = np.column_stack([column(f"cycle_cv_{s}") for s in slugs]) if slugs else np.full((n, 1), np.nan)
-    days = np.column_stack([column(f"cycle_days_{s}") for s in slugs]) if slugs else cv
-    best = np.argmin(np.where(np.isnan(cv), np.inf, cv), axis=1)
-    rows = np.arange(n)
-    regular = cv[rows, best] <= config.subscription.max_cycle_cv  # False where every cv is missing
-    names = np.asarray(config.data.replenishment_categories or [None], dtype=object)
-    return np.where(regular, names[best], None), np.where(regular, days[rows, best], np.nan)
-
+WINBACK, SUBSCRIPTION, NONE = "winback_coupon", "subscription_offer", "none"
+# Status of each scored member in the daily export.
+CONTACT, CONTROL, OVER_BUDGET, NO_ACTION = "contact", "control", "over_budget", "no_action"
 
 Columns = Callable[[str], np.ndarray]
 
@@ -70,12 +46,58 @@ def columns_of(features: pd.DataFrame, base: np.ndarray | None = None) -> Column
     return lambda name: base[:, position[name]] if name in position else missing
 
 
-def decide(features: pd.DataFrame, scores: pd.DataFrame, bgnbd: btyd.BGNBD, config: Config) -> pd.DataFrame:
-    """segment, action, offer_detail, expected_value and value per member (index member_id)."""
-    column = columns_of(features)
-    summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
-    churn, repurchase = scores["churn_risk"].to_numpy(), scores["repurchase_prob"].to_numpy()
-    return pd.DataFrame(decide_arrays(column, summary, churn, repurchase, bgnbd, config), index=features.index)
+def lifecycle(tenure_days: np.ndarray, churn_risk: np.ndarray, config: Config) -> np.ndarray:
+    d = config.decisions
+    stage = np.select(
+        [churn_risk < d.churn_threshold, churn_risk < d.sleeping_threshold, churn_risk < d.lost_threshold],
+        ["active", "at_risk", "sleeping"],
+        "lost",
+    )
+    return np.where(tenure_days < d.new_member_days, "new", stage)
+
+
+def segment(tenure_days: np.ndarray, churn_risk: np.ndarray, value: np.ndarray, config: Config) -> np.ndarray:
+    """Lifecycle crossed with value: `<lifecycle>_<high|potential|low>`, e.g. `at_risk_high`."""
+    d = config.decisions
+    tier = np.where(value >= d.high_value, "high", np.where(value >= d.low_value, "potential", "low"))
+    return np.char.add(np.char.add(lifecycle(tenure_days, churn_risk, config).astype(str), "_"), tier.astype(str))
+
+
+def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each member's most regular replenishment category, its cycle in days and its share of the member's
+    orders, where that cycle is regular enough (cv <= subscription.max_cycle_cv); None / NaN elsewhere."""
+    names = config.data.replenishment_categories
+    slugs = [config.data.categories.get(name, name) for name in names]
+    if not slugs:
+        return np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, np.nan)
+    cv = np.column_stack([column(f"cycle_cv_{s}") for s in slugs])
+    days = np.column_stack([column(f"cycle_days_{s}") for s in slugs])
+    share = np.column_stack([column(f"cat_share_{s}") for s in slugs])
+    best = np.argmin(np.where(np.isnan(cv), np.inf, cv), axis=1)
+    rows = np.arange(n)
+    regular = cv[rows, best] <= config.subscription.max_cycle_cv  # False where every cv is missing
+    return (
+        np.where(regular, np.asarray(names, dtype=object)[best], None),
+        np.where(regular, days[rows, best], np.nan),
+        np.where(regular, share[rows, best], np.nan),
+    )
+
+
+def coupon_offer(
+    matrix: np.ndarray, value: np.ndarray, model: uplift_model.UpliftModel, config: Config
+) -> dict[str, np.ndarray]:
+    """The best coupon tier per member: its expected value, cost, uplift and tier index."""
+    w = config.winback
+    n = len(value)
+    best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
+    for k, coupon_value in enumerate(w.coupon_tiers.values()):
+        uplift, p_redeem = model.predict_matrix(matrix, coupon_value)
+        cost = w.send_cost + p_redeem * coupon_value
+        ev = uplift * value - cost
+        better = ev > best["ev"]
+        for key, new in (("ev", ev), ("cost", cost), ("uplift", uplift), ("tier", k)):
+            best[key] = np.where(better, new, best[key])
+    return best
 
 
 def decide_arrays(
@@ -83,30 +105,67 @@ def decide_arrays(
     summary: dict[str, np.ndarray],
     churn: np.ndarray,
     repurchase: np.ndarray,
-    bgnbd: btyd.BGNBD,
+    value_model: ValueModel,
+    uplift: uplift_model.UpliftModel,
     config: Config,
 ) -> dict[str, np.ndarray]:
-    """`decide` on arrays, for the scoring path: the same columns, without building frames."""
-    value = member_value(summary, bgnbd, config)
-    w, s, d = config.winback, config.subscription, config.decisions
-    coupon_cost = w.send_cost + w.redeem_rate * w.coupon_value
-    winback_ev = np.where(churn >= d.churn_threshold, w.prior_uplift * value - coupon_cost, -np.inf)
-    category, cycle = regular_cycle(column, len(churn), config)
+    """segment, action, offer_detail, expected_value, cost, uplift and value per member (no budget)."""
+    n = len(churn)
+    value = np.nan_to_num(value_model.value(summary))
+    matrix = np.column_stack([column(name) for name in uplift.feature_names]) if uplift.feature_names else None
+    coupon = coupon_offer(matrix if matrix is not None else np.empty((n, 0)), value, uplift, config)
+    winback_ev = np.where(churn >= config.decisions.churn_threshold, coupon["ev"], -np.inf)
+
+    s = config.subscription
+    category, cycle, share = regular_cycle(column, n, config)
     subscribed = np.nan_to_num(column("active_subscriptions")) > 0
-    eligible = (repurchase >= d.repurchase_threshold) & (category != None) & ~subscribed  # noqa: E711
-    subscription_ev = np.where(eligible, s.uplift * value, -np.inf)
+    eligible = (repurchase >= config.decisions.repurchase_threshold) & (category != None) & ~subscribed  # noqa: E711
+    subscription_ev = np.where(eligible, s.uplift * value * np.nan_to_num(share) - s.send_cost, -np.inf)
+
     best = np.maximum(winback_ev, subscription_ev)
-    action = np.where(
-        best <= 0, "none", np.where(winback_ev >= subscription_ev, "winback_coupon", "subscription_offer")
-    )
-    detail = np.full(len(action), "", dtype=object)
-    detail[action == "winback_coupon"] = w.coupon_label
-    offers = np.flatnonzero(action == "subscription_offer")
-    detail[offers] = [f"{category[i]} every {round(cycle[i])} days" for i in offers]
+    action = np.where(best <= 0, NONE, np.where(winback_ev >= subscription_ev, WINBACK, SUBSCRIPTION))
+    is_coupon, is_subscription = action == WINBACK, action == SUBSCRIPTION
+    detail = np.full(n, "", dtype=object)
+    labels = np.asarray(list(config.winback.coupon_tiers), dtype=object)
+    detail[is_coupon] = labels[coupon["tier"][is_coupon]]
+    offers = np.flatnonzero(is_subscription)
+    every = "{} 每{}天" if config.decisions.language == "zh" else "{} every {} days"
+    detail[offers] = [every.format(category[i], round(cycle[i])) for i in offers]
     return {
         "segment": segment(column("tenure_days"), churn, value, config),
         "action": action,
         "offer_detail": detail,
-        "expected_value": np.where(action == "none", 0.0, best),
+        "expected_value": np.where(action == NONE, 0.0, best),
+        "cost": np.where(is_coupon, coupon["cost"], np.where(is_subscription, s.send_cost, 0.0)),
+        "coupon_uplift": coupon["uplift"],
         "value": value,
     }
+
+
+def holdout_draw(member_ids: pd.Index, as_of: pd.Timestamp) -> np.ndarray:
+    """A uniform number in [0, 1) per member, fixed for the member and the day: the same run draws the
+    same control group, and a member is not held out every day."""
+    key = f"retain-{pd.Timestamp(as_of):%Y%m%d}-"[:16].ljust(16, "-")
+    hashed = pd.util.hash_pandas_object(pd.Series(member_ids.astype(str)), index=False, hash_key=key)
+    return hashed.to_numpy(dtype=np.uint64) / np.float64(2**64)
+
+
+def choose(scored: pd.DataFrame, blocked: pd.Series, as_of: pd.Timestamp, config: Config) -> pd.Series:
+    """Status per member: contact, control (held out), over_budget, no_action, or the contact rule that
+    blocks the member (`blocked`: empty where none). Members are ranked by expected value per unit cost
+    (ties by member_id) and taken until the budget is spent; held-out members cost nothing."""
+    blocked = blocked.reindex(scored.index).fillna("")
+    ev, cost = scored["expected_value"].to_numpy(), scored["cost"].to_numpy()
+    candidate = (scored["action"].to_numpy() != NONE) & (ev > 0) & (blocked.to_numpy() == "")
+    status = np.where(blocked.to_numpy() != "", blocked.to_numpy(), NO_ACTION).astype(object)
+    status[(scored["action"].to_numpy() == NONE) | (ev <= 0)] = NO_ACTION
+    rows = np.flatnonzero(candidate)
+    ratio = ev[rows] / np.maximum(cost[rows], 1e-9)
+    rows = rows[np.lexsort((scored.index.to_numpy()[rows], -ratio))]
+    held_out = holdout_draw(scored.index[rows], as_of) < config.decisions.holdout_share
+    spent = np.cumsum(np.where(held_out, 0.0, cost[rows]))
+    over = spent > config.winback.daily_budget
+    first_over = int(np.argmax(over)) if over.any() else len(rows)
+    status[rows] = OVER_BUDGET
+    status[rows[:first_over]] = np.where(held_out[:first_over], CONTROL, CONTACT)
+    return pd.Series(status, index=scored.index, name="status")

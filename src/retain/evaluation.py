@@ -56,3 +56,39 @@ def paired_bootstrap_auc_gain(
         gains.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
     low, high = np.percentile(gains, [2.5, 97.5])
     return {"estimate": float(roc_auc_score(y, a) - roc_auc_score(y, b)), "ci_low": float(low), "ci_high": float(high)}
+
+
+def qini_curve(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Incremental buyers when targeting the top k by predicted uplift, for k = 0..n: treated buyers among
+    the top k minus control buyers scaled to the treated count (Radcliffe's Qini curve)."""
+    order = np.argsort(-np.asarray(uplift), kind="stable")
+    y, t = np.asarray(y, dtype=float)[order], np.asarray(treated, dtype=bool)[order]
+    n_t, n_c = np.cumsum(t), np.cumsum(~t)
+    y_t, y_c = np.cumsum(y * t), np.cumsum(y * ~t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        curve = np.where(n_c > 0, y_t - y_c * n_t / n_c, y_t)
+    return np.arange(len(y) + 1), np.concatenate([[0.0], curve])
+
+
+def qini_coefficient(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> float:
+    """Area between the model's Qini curve and random targeting, over that of the perfect ranking
+    (treated buyers first, control buyers last): 0 is random, 1 perfect, below 0 worse than random."""
+    y, treated = np.asarray(y, dtype=float), np.asarray(treated, dtype=bool)
+
+    def area_over_random(score: np.ndarray) -> float:
+        x, curve = qini_curve(y, treated, score)
+        return float(np.trapezoid(curve, x) - curve[-1] * x[-1] / 2)
+
+    perfect = area_over_random(y * treated - y * ~treated)
+    return area_over_random(uplift) / perfect if perfect > 0 else float("nan")
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[list[float]]:
+    """[mean prediction, observed rate, members] per non-empty equal-width probability bin."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    return [
+        [round(float(p[index == b].mean()), 6), round(float(y[index == b].mean()), 6), int((index == b).sum())]
+        for b in range(bins)
+        if (index == b).any()
+    ]

@@ -112,6 +112,10 @@ class TaskModel:
         raw = self.booster.predict(matrix, raw_score=True)
         return special.expit(self.calibrator.coef_[0, 0] * raw + self.calibrator.intercept_[0])
 
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The registry's view: `probability` per row."""
+        return pd.DataFrame({"probability": self.predict(frame)}, index=frame.index)
+
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-row feature contributions to the raw score (log-odds), one column per feature."""
         threads = LIGHTGBM_PARAMS["num_threads"]  # not taken from the booster's params: pass it, it halves the time

@@ -72,5 +72,19 @@ def feature_importance(model: TaskModel, top: int = 20) -> plt.Figure:
     return fig
 
 
+def qini(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, title: str) -> plt.Figure:
+    """Incremental buyers against members targeted by predicted uplift, with random targeting."""
+    from retain.evaluation import qini_coefficient, qini_curve
+
+    x, curve = qini_curve(y, treated, uplift)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot(x, curve, label=f"model (Qini coefficient {qini_coefficient(y, treated, uplift):.3f})")
+    ax.plot([0, x[-1]], [0, curve[-1]], color="grey", linestyle=":", label="random")
+    ax.set(xlabel="offers, by predicted uplift", ylabel="incremental buyers", title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)

@@ -1,8 +1,9 @@
 """The one module that imports MLflow: runs, plots, registered models, aliases and tags.
 
-Models are registered as `retain-churn` and `retain-repurchase`; the alias `champion` is what the
-scorer loads (`models:/retain-churn@champion`), `challenger` marks a version the gate kept back.
-Everything else in retain passes plain objects (a `TaskModel`, dicts of metrics, matplotlib figures).
+Models are registered as `retain-churn`, `retain-repurchase`, `retain-uplift` and `retain-value`; the
+alias `champion` is what the scorer loads (`models:/retain-churn@champion`), `challenger` marks a version
+the gate kept back. Everything else in retain passes plain objects (a `TaskModel`, an `UpliftModel`, a
+`ValueModel`, dicts of metrics, matplotlib figures).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pandas as pd
 
 from retain.config import MlflowConfig
 from retain.errors import RetainError
-from retain.models import TaskModel
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -39,13 +39,14 @@ def model_name(task: str) -> str:
 
 
 class RetainModel(mlflow.pyfunc.PythonModel):
-    """The MLflow wrapper of a `TaskModel`: `predict` returns the calibrated probability per row."""
+    """The MLflow wrapper of a retain model (`TaskModel`, `UpliftModel`, `ValueModel`): `predict` is the
+    model's `predict_frame` (a probability, an uplift and P(redeem), a value per row)."""
 
-    def __init__(self, task_model: TaskModel):
-        self.task_model = task_model
+    def __init__(self, model):
+        self.model = model
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return pd.DataFrame({"probability": self.task_model.predict(model_input)}, index=model_input.index)
+        return self.model.predict_frame(model_input)
 
 
 @dataclass(frozen=True)
@@ -96,16 +97,17 @@ class Registry:
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
 
-    def log_model(self, task_model: TaskModel, input_example: pd.DataFrame) -> str:
-        """Log and register the model (with signature and input example); return the new version."""
-        example = input_example[task_model.feature_names].astype("float64")
-        signature = infer_signature(example, pd.DataFrame({"probability": task_model.predict(example)}))
+    def log_model(self, model, input_example: pd.DataFrame) -> str:
+        """Log and register `model` as retain-<model.task> (with signature and input example); return the
+        new version."""
+        example = input_example.astype("float64")
+        signature = infer_signature(example, model.predict_frame(example))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=RetainModel(task_model),
+            python_model=RetainModel(model),
             signature=signature,
             input_example=example,
-            registered_model_name=model_name(task_model.task),
+            registered_model_name=model_name(model.task),
             pip_requirements=[f"{pkg}=={metadata.version(pkg)}" for pkg in REQUIREMENTS],
         )
         return str(info.registered_model_version)
@@ -124,7 +126,7 @@ class Registry:
             return None
         return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
 
-    def load(self, task: str, alias: str = CHAMPION) -> tuple[TaskModel, RegisteredVersion] | None:
+    def load(self, task: str, alias: str = CHAMPION) -> tuple[object, RegisteredVersion] | None:
         """The model under `alias` (by alias, never by run id), or None when there is none yet."""
         version = self.version_by_alias(task, alias)
         if version is None:
@@ -135,7 +137,7 @@ class Registry:
             raise RetainError(
                 f"Could not load {model_name(task)}@{alias} from {self.config.tracking_uri}: {exc}"
             ) from None
-        return wrapper.task_model, version
+        return wrapper.model, version
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)

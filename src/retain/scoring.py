@@ -2,8 +2,10 @@
 disagree on a member's score.
 
 `Scorer.score(features, as_of)` takes point-in-time features (index `member_id`) and returns, per member,
-the churn risk, the repurchase probability and the champion versions; `reasons` adds the top three
-features that pushed each member's churn risk (LightGBM per-row contributions).
+the churn risk, the repurchase probability and the decision without a budget (`retain.decisions`);
+`reasons` adds the top three features that pushed each member's churn risk (LightGBM per-row
+contributions), with readable labels. The scorer holds the four champions: churn, repurchase, uplift
+and value.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from retain import btyd, decisions, models
+from retain import btyd, decisions, models, reason_text
 from retain.config import Config
+from retain.uplift import UpliftModel
+from retain.value import ValueModel
 
 TASKS = ("churn", "repurchase")
+MODELS = (*TASKS, "uplift", "value")
 REASONS_PER_MEMBER = 3
 
 
@@ -26,25 +31,28 @@ class Scorer:
 
     churn: models.TaskModel
     repurchase: models.TaskModel
+    uplift: UpliftModel
+    value: ValueModel
     versions: dict[str, str]
     config: Config
+    tags: dict[str, dict[str, str]] | None = None  # each champion's registry tags (metrics, calibration)
 
     @classmethod
     def from_registry(cls, registry, config: Config) -> Scorer:
-        """Load both champions by alias through the registry module."""
+        """Load the four champions by alias through the registry module."""
         from retain.errors import RetainError
 
         loaded = {}
-        for task in TASKS:
-            found = registry.load(task)
+        for name in MODELS:
+            found = registry.load(name)
             if found is None:
-                raise RetainError(f"There is no champion model for {task} yet; run `make train` first.")
-            loaded[task] = found
+                raise RetainError(f"There is no champion model for {name} yet; run `make train` first.")
+            loaded[name] = found
         return cls(
-            churn=loaded["churn"][0],
-            repurchase=loaded["repurchase"][0],
-            versions={f"retain-{task}": loaded[task][1].version for task in TASKS},
+            **{name: loaded[name][0] for name in MODELS},
+            versions={f"retain-{name}": loaded[name][1].version for name in MODELS},
             config=config,
+            tags={name: loaded[name][1].tags for name in MODELS},
         )
 
     def model(self, task: str) -> models.TaskModel:
@@ -75,19 +83,20 @@ class Scorer:
 
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
-        budget: `segment`, `action`, `offer_detail`, `expected_value`, `value`."""
+        budget: `segment`, `action`, `offer_detail`, `expected_value`, `cost`, `coupon_uplift`, `value`."""
         column = decisions.columns_of(features)
         summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
         n = len(features)
         churn = self.churn.predict_matrix(self.model_matrix(column, summary, n, as_of, "churn"))
         repurchase = self.repurchase.predict_matrix(self.model_matrix(column, summary, n, as_of, "repurchase"))
-        decided = decisions.decide_arrays(column, summary, churn, repurchase, self.churn.bgnbd, self.config)
+        decided = decisions.decide_arrays(column, summary, churn, repurchase, self.value, self.uplift, self.config)
         return pd.DataFrame({"churn_risk": churn, "repurchase_prob": repurchase, **decided}, index=features.index)
 
     def reasons(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """The three features that pushed each member's churn risk most, with value and direction.
 
-        Columns reason_{1,2,3}_feature, _value, _direction ("raises" or "lowers" the churn risk).
+        Columns reason_{1,2,3}_feature, _value, _direction ("raises" or "lowers" the churn risk), and
+        reason_{1,2,3}: the reason as a sentence in `decisions.language`.
         """
         frame = self.model_input(features, as_of, "churn")
         contributions = self.churn.contributions(frame)
@@ -101,4 +110,8 @@ class Scorer:
             out[f"reason_{k + 1}_feature"] = names[top[:, k]]
             out[f"reason_{k + 1}_value"] = inputs[rows[:, 0], top[:, k]]
             out[f"reason_{k + 1}_direction"] = np.where(values[rows[:, 0], top[:, k]] > 0, "raises", "lowers")
+        language, categories = self.config.decisions.language, self.config.data.categories
+        for k in range(1, REASONS_PER_MEMBER + 1):
+            parts = zip(out[f"reason_{k}_feature"], out[f"reason_{k}_value"], out[f"reason_{k}_direction"], strict=True)
+            out[f"reason_{k}"] = [reason_text.describe(f, v, d, language, categories) for f, v, d in parts]
         return pd.DataFrame(out, index=frame.index)

@@ -1,0 +1,51 @@
+"""Member value: the margin a member is expected to bring over the next `decisions.value_horizon_days`.
+
+value = BG/NBD expected purchases over the horizon x Gamma-Gamma expected spend per purchase x
+`decisions.margin_rate`. Both BTYD models are fitted on the features as of the training cutoff by the
+training job and registered as `retain-value`, like the classifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from retain import btyd
+
+
+@dataclass
+class ValueModel:
+    """Fitted BG/NBD and Gamma-Gamma models and the horizon and margin they turn into a value."""
+
+    bgnbd: btyd.BGNBD
+    gamma_gamma: btyd.GammaGamma
+    horizon_days: int
+    margin_rate: float
+    task: str = "value"
+    metadata: dict = field(default_factory=dict)
+
+    def value(self, summary: dict[str, np.ndarray]) -> np.ndarray:
+        """Expected margin per member from the BTYD summary arrays (x, t_x, T, monetary_mean)."""
+        weeks = self.horizon_days / btyd.DAYS_PER_WEEK
+        purchases = self.bgnbd.expected_purchases(summary["x"], summary["t_x"], summary["T"], weeks)
+        spend = self.gamma_gamma.expected_spend(summary["x"], summary["monetary_mean"])
+        return purchases * spend * self.margin_rate
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The registry's view: features in, `value` out."""
+        arrays = btyd.summary_arrays(*(frame[name].to_numpy(dtype=float) for name in btyd.SUMMARY_INPUTS))
+        return pd.DataFrame({"value": self.value(arrays)}, index=frame.index)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(btyd.SUMMARY_INPUTS)
+
+
+def fit_value_model(features: pd.DataFrame, horizon_days: int, margin_rate: float) -> ValueModel:
+    """Fit BG/NBD and Gamma-Gamma on point-in-time features (one row per member with a paid order)."""
+    summary = btyd.summary_from_features(features)
+    bgnbd = btyd.fit_bgnbd(summary, with_errors=False)
+    gamma_gamma = btyd.fit_gamma_gamma(summary)
+    return ValueModel(bgnbd, gamma_gamma, horizon_days, margin_rate, metadata={"members": len(features)})
