@@ -126,9 +126,7 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     better than chance); otherwise, and without enough history, the configured priors do."""
     dataset, config = snapshots.dataset, snapshots.config
     w, until = config.winback, dataset.observed_until
-    outcomes = uplift_models.offer_outcomes(
-        dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days
-    )
+    outcomes = uplift_models.offer_outcomes(dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days)
     x, offers = uplift_models.training_frame(outcomes, snapshots.base_features)
     names = list(snapshots.base_features(until).columns)
     x = x.reindex(columns=names)
@@ -192,7 +190,7 @@ def train_value(registry: Registry, snapshots: backtest.Snapshots) -> None:
     with registry.run("value", run_name=f"value-{dataset.observed_until.date()}") as run_id:
         registry.log_params(
             {
-                **{f"bgnbd.{k}": v for k, v in model.bgnbd.params().items()},
+                **{f"bgnbd.{k}": v for k, v in model.bgnbd.params.items()},
                 **{f"gamma_gamma.{k}": getattr(model.gamma_gamma, k) for k in ("p", "q", "gamma")},
                 "horizon_days": model.horizon_days,
                 "margin_rate": model.margin_rate,
@@ -222,7 +220,7 @@ def log_run(registry, dataset, config, task, horizon, held_out, refit, result, c
             "refit_fit_snapshots": ",".join(str(d.date()) for d in refit.plan.fit_dates),
             "refit_calibration_snapshots": ",".join(str(d.date()) for d in refit.plan.calibration_dates),
             "n_features": len(refit.model.feature_names),
-        "refit_training_rows": refit.training_rows,
+            "refit_training_rows": refit.training_rows,
             "best_iteration": refit.model.metadata.get("best_iteration"),
             **{f"training.{k}": v for k, v in vars(config.training).items()},
             **{f"lightgbm.{k}": v for k, v in LIGHTGBM_PARAMS.items()},

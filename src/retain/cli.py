@@ -213,6 +213,54 @@ def backtest(
 
 
 @app.command()
+def export(
+    date: Annotated[
+        str | None, typer.Option(help="The day to export, YYYY-MM-DD (default: the dataset's observed_until).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder the day's export folder is written into.")] = Path("exports"),
+    force: Annotated[bool, typer.Option(help="Replace an export for the date whose content differs.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Score every member as of a day and write the at-risk list, summary and report to OUT/DATE/.
+
+    Exit codes: 0 written (or already written with the same content); 2 bad usage or input;
+    3 an export for the date with different content exists and --force was not given.
+
+    Example: retain export --date 2025-12-31 --data data/demo
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from retain import export as exporter
+    from retain.dataset import open_dataset
+    from retain.registry import Registry
+
+    cfg = settings(config)
+    dataset = open_dataset(data or Path(cfg.data.dataset))
+    day = exporter.check_date(date or dataset.observed_until, dataset, today=pd.Timestamp.now())
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        result = exporter.run(
+            dataset,
+            cfg,
+            Registry(cfg.mlflow),
+            day,
+            out,
+            force,
+            step=lambda text: progress.update(task, description=text),
+        )
+    s = result.summary
+    verb = {"written": "wrote", "unchanged": "already written, same content:", "replaced": "replaced"}[result.status]
+    console.print(
+        f"{verb} {result.folder}/ — {s['counts_by_status'].get('contact', 0):,} members to contact, "
+        f"{s['controls']:,} held out, budget used {s['budget_used']:,.2f} {s['currency']}, "
+        f"expected value {s['expected_value_total']:,.2f} {s['currency']}"
+    )
+    console.print(f"list: {result.folder / 'at_risk.csv'}   report: {result.folder / 'report.html'}")
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: serving.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,

@@ -102,7 +102,7 @@ class WinbackConfig:
     redeem_rate: float = 0.3
     prior_uplift: float = 0.05
     response_days: int = 14
-    history_days: int = 365
+    history_days: int = 730
     min_treated: int = 1000
     min_control: int = 200
     holdout_days: int = 90

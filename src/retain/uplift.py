@@ -148,8 +148,10 @@ def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int)
     w = config.winback
     if treated.sum() < w.min_treated or (~treated).sum() < w.min_control:
         return prior_model(
-            config, names, f"{int(treated.sum())} treated and {int((~treated).sum())} control offers in the history "
-            f"(needs {w.min_treated} and {w.min_control})"
+            config,
+            names,
+            f"{int(treated.sum())} treated and {int((~treated).sum())} control offers in the history "
+            f"(needs {w.min_treated} and {w.min_control})",
         )
     matrix = x.to_numpy(dtype=np.float64, na_value=np.nan)
     values = offers[c.VALUE].to_numpy(dtype=float)

@@ -1,0 +1,248 @@
+"""The daily export: `retain export --date D` scores every member as of D and writes `exports/D/`.
+
+    at_risk.parquet, at_risk.csv  the members to contact today, highest expected value first
+    controls.parquet              the held-out control group, with the action each would have had
+    scores.parquet                every scored member: risk, repurchase, value, segment, action, status
+    summary.json                  counts, budget used, expected value, the policy and the model versions
+    report.html                   one page with pictures, readable offline
+    MANIFEST.json                 the SHA-256 of each file above: what "the same content" means
+
+Plus the day's scored snapshot in `serving.snapshot_dir`, so the service answers for the same day after
+`/reload`.
+
+Safe under a scheduler: everything is written into a dot-prefixed folder inside `--out` and renamed into
+place (a crash leaves no folder for D; the next run removes the leftovers); the same date, data and
+models give byte-identical files (values rounded to 6 decimals, no timestamps); an export for D with
+different content is replaced only with `force` (otherwise `ExportExists`, exit code 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from retain import contact, decisions, report, snapshot
+from retain import features as feature_builder
+from retain.config import Config
+from retain.dataset import Dataset
+from retain.errors import RetainError
+from retain.scoring import REASONS_PER_MEMBER, Scorer
+
+TEMP_PREFIX = "."
+MANIFEST = "MANIFEST.json"
+LIST_COLUMNS = [
+    "member_id",
+    "segment",
+    "churn_risk",
+    "repurchase_prob",
+    "action",
+    "offer_detail",
+    "expected_value",
+    *(f"reason_{k}" for k in range(1, REASONS_PER_MEMBER + 1)),
+    "model_versions",
+    "offer_id",
+    "cost",
+    "value",
+]
+SCORE_COLUMNS = ["churn_risk", "repurchase_prob", "value", "segment", "action", "offer_detail"]
+SCORE_COLUMNS += ["expected_value", "cost", "status"]
+DECIMALS = 6
+
+
+class ExportExists(RetainError):
+    """An export for the date exists with different content and --force was not given."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    status: str  # "written", "unchanged" (the same content was there) or "replaced" (--force)
+    summary: dict
+
+
+Step = Callable[[str], None]
+
+
+def check_date(text: str | pd.Timestamp, dataset: Dataset, today: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The export date as a day; a date after the data's end or in the future is an error."""
+    try:
+        day = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise RetainError(f"--date {text!r} is not a date; write it as YYYY-MM-DD.") from None
+    if day != day.normalize():
+        raise RetainError(f"--date {text!r} must be a day (YYYY-MM-DD), without a time.")
+    today = (today or pd.Timestamp.now()).normalize()
+    if day > today:
+        raise RetainError(f"--date {day.date()} is in the future (today is {today.date()}).")
+    if day > dataset.observed_until:
+        raise RetainError(
+            f"--date {day.date()} is after the data's end ({dataset.observed_until.date()}): the members' "
+            "behaviour up to that day is not in the dataset yet."
+        )
+    return day
+
+
+def run(
+    dataset: Dataset,
+    config: Config,
+    registry,
+    day: pd.Timestamp,
+    out: Path,
+    force: bool = False,
+    step: Step = lambda message: None,
+) -> ExportResult:
+    """Score, decide and write the export for `day` (already checked by `check_date`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    step("loading the champion models")
+    scorer = Scorer.from_registry(registry, config)
+    step(f"building features as of {day.date()}")
+    features = feature_builder.build(dataset, day, config.data)
+    if features.empty:
+        raise RetainError(f"No member has a paid order before {day.date()}; there is nobody to score.")
+    step(f"scoring {len(features):,} members")
+    scored = scorer.score(features, day)
+    step("applying contact rules and the budget")
+    blocked = contact.blocked(dataset, day, scored["action"], config)
+    scored["status"] = decisions.choose(scored, blocked, day, config)
+    listed = scored["status"].isin([decisions.CONTACT, decisions.CONTROL]).to_numpy()
+    step(f"explaining the {int(listed.sum()):,} members on the list")
+    reasons = scorer.reasons(features[listed], day)
+    tables = build_tables(scored, reasons, scorer.versions, day)
+    summary = summarize(tables, scored, dataset, config, scorer, day)
+
+    step("writing the files")
+    final = out / day.date().isoformat()
+    temp = out / f"{TEMP_PREFIX}{final.name}.tmp-{os.getpid()}"
+    temp.mkdir()
+    try:
+        write_files(temp, tables, summary, report.html(tables, scored, summary, scorer, config))
+        status = commit(temp, final, force)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    step("writing the day's snapshot for the service")
+    frame = features.join(scored.drop(columns="status")).join(reasons)
+    snapshot.write(frame, day, scorer.versions, dataset.fingerprint, Path(config.serving.snapshot_dir))
+    return ExportResult(final, status, summary)
+
+
+def build_tables(scored: pd.DataFrame, reasons: pd.DataFrame, versions: dict[str, str], day) -> dict:
+    """at_risk, controls and scores as frames with rounded values, in their final order."""
+    versions_text = ";".join(f"{name}={version}" for name, version in sorted(versions.items()))
+    listed = scored[scored["status"].isin([decisions.CONTACT, decisions.CONTROL])].join(reasons)
+    listed = listed.assign(
+        model_versions=versions_text,
+        offer_id=[f"{day:%Y%m%d}-{member_id}" for member_id in listed.index],
+    )
+    listed = rounded(listed.reset_index())
+    listed = listed.sort_values(["expected_value", "member_id"], ascending=[False, True], kind="stable")
+    structured = [f"reason_{k}_{part}" for k in range(1, REASONS_PER_MEMBER + 1) for part in ("feature", "value")]
+    structured += [f"reason_{k}_direction" for k in range(1, REASONS_PER_MEMBER + 1)]
+    at_risk = listed[listed["status"] == decisions.CONTACT][LIST_COLUMNS + structured].reset_index(drop=True)
+    controls = listed[listed["status"] == decisions.CONTROL][LIST_COLUMNS].reset_index(drop=True)
+    scores = rounded(scored[SCORE_COLUMNS]).reset_index()
+    return {"at_risk": at_risk, "controls": controls, "scores": scores}
+
+
+def rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    floats = frame.select_dtypes("float").columns
+    return frame.assign(**{col: frame[col].round(DECIMALS) for col in floats})
+
+
+def summarize(tables: dict, scored: pd.DataFrame, dataset: Dataset, config: Config, scorer: Scorer, day) -> dict:
+    at_risk = tables["at_risk"]
+    return {
+        "as_of": day.date().isoformat(),
+        "model_versions": dict(sorted(scorer.versions.items())),
+        "dataset_fingerprint": dataset.fingerprint,
+        "policy": {
+            "decisions": asdict(config.decisions),
+            "winback": asdict(config.winback),
+            "subscription": asdict(config.subscription),
+            "uplift_model": scorer.uplift.kind,
+        },
+        "members_scored": len(scored),
+        "counts_by_segment": counts(at_risk["segment"]),
+        "counts_by_action": counts(at_risk["action"]),
+        "counts_by_status": counts(scored["status"]),
+        "controls": len(tables["controls"]),
+        "budget": config.winback.daily_budget,
+        "budget_used": round(float(at_risk["cost"].sum()), 2),
+        "expected_value_total": round(float(at_risk["expected_value"].sum()), 2),
+        "currency": config.data.currency,
+    }
+
+
+def counts(values: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(values.value_counts().items())}
+
+
+def write_files(folder: Path, tables: dict, summary: dict, html: str) -> None:
+    tables["at_risk"].to_parquet(folder / "at_risk.parquet", index=False)
+    # UTF-8 with a byte-order mark, so that Excel opens the Chinese names correctly.
+    tables["at_risk"][LIST_COLUMNS].to_csv(folder / "at_risk.csv", index=False, encoding="utf-8-sig")
+    tables["controls"].to_parquet(folder / "controls.parquet", index=False)
+    tables["scores"].to_parquet(folder / "scores.parquet", index=False)
+    (folder / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (folder / "report.html").write_text(html, encoding="utf-8")
+    digests = {path.name: sha256(path) for path in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n", encoding="utf-8")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def commit(temp: Path, final: Path, force: bool) -> str:
+    """Move the written folder into place: 'written', 'unchanged' or 'replaced'; ExportExists otherwise."""
+    if not final.exists():
+        temp.rename(final)
+        return "written"
+    existing = final / MANIFEST
+    if existing.exists() and existing.read_bytes() == (temp / MANIFEST).read_bytes():
+        return "unchanged"
+    if not force:
+        raise ExportExists(
+            f"{final} already holds an export with different content (other data, models or settings); "
+            "rerun with --force to replace it."
+        )
+    old = final.with_name(f"{TEMP_PREFIX}{final.name}.old-{os.getpid()}")
+    final.rename(old)
+    temp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return "replaced"
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders of runs that crashed: dot-prefixed, never a finished export, and
+    left by a process that is no longer running (a run in progress keeps its own)."""
+    for path in out.glob(f"{TEMP_PREFIX}*"):
+        _, _, pid = path.name.rpartition("-")
+        if path.is_dir() and (".tmp-" in path.name or ".old-" in path.name) and not running(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def running(pid: str) -> bool:
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def scores_frame(folder: Path) -> pd.DataFrame:
+    """An export's scores.parquet indexed by member_id (for checks and tests)."""
+    return pd.read_parquet(folder / "scores.parquet").set_index("member_id")

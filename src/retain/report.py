@@ -1,0 +1,141 @@
+"""The export's one-page report: what the list holds and why, as pictures a CRM lead reads in a minute.
+
+Static PNGs embedded in the HTML (base64): it opens offline, from a mail attachment or a file share.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_text
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from retain import decisions  # noqa: E402
+from retain.config import Config  # noqa: E402
+
+TOP_ROWS = 20
+
+
+def png(fig: plt.Figure) -> str:
+    """The figure as an <img> with the PNG inline; no timestamp in the file, so the bytes repeat."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def risk_distribution(scored: pd.DataFrame, config: Config) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(scored["churn_risk"], bins=50, range=(0, 1), color="#4c72b0")
+    d = config.decisions
+    for threshold, name in (
+        (d.churn_threshold, "at risk"),
+        (d.sleeping_threshold, "sleeping"),
+        (d.lost_threshold, "lost"),
+    ):
+        ax.axvline(threshold, color="grey", linestyle=":")
+        ax.text(threshold, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=8, va="top")
+    ax.set(xlabel="churn risk", ylabel="members", title=f"Churn risk of all {len(scored):,} members")
+    fig.tight_layout()
+    return fig
+
+
+def segment_action(at_risk: pd.DataFrame) -> plt.Figure:
+    table = pd.crosstab(at_risk["segment"], at_risk["action"]) if len(at_risk) else pd.DataFrame()
+    fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(table), 2) + 1.4))
+    if table.empty:
+        ax.text(0.5, 0.5, "nobody on today's list", ha="center")
+        ax.set_axis_off()
+    else:
+        ax.imshow(table.to_numpy(), cmap="Blues", aspect="auto")
+        ax.set_xticks(range(len(table.columns)), table.columns)
+        ax.set_yticks(range(len(table.index)), table.index)
+        for (i, j), count in np.ndenumerate(table.to_numpy()):
+            ax.text(j, i, f"{count:,}", ha="center", va="center", fontsize=8)
+        ax.set_title("Members to contact: segment x action")
+    fig.tight_layout()
+    return fig
+
+
+def value_by_segment(at_risk: pd.DataFrame, currency: str) -> plt.Figure:
+    totals = at_risk.groupby("segment")["expected_value"].sum().sort_values()
+    fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(totals), 2) + 1.2))
+    ax.barh(totals.index, totals.to_numpy(), color="#55a868")
+    ax.set(xlabel=f"expected value ({currency})", title="Expected value of the list by segment")
+    fig.tight_layout()
+    return fig
+
+
+def value_against_budget(scored: pd.DataFrame, budget: float, currency: str) -> plt.Figure:
+    """Cumulative expected value against cumulative cost, members in the policy's order: what a larger
+    or smaller budget would buy (contact rules and the control group left out)."""
+    worth = scored[(scored["action"] != decisions.NONE) & (scored["expected_value"] > 0)]
+    ratio = worth["expected_value"] / worth["cost"].clip(lower=1e-9)
+    ordered = worth.assign(ratio=ratio).sort_values("ratio", ascending=False, kind="stable")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(ordered["cost"].cumsum(), ordered["expected_value"].cumsum(), color="#c44e52")
+    ax.axvline(budget, color="grey", linestyle=":", label=f"daily budget {budget:,.0f}")
+    ax.set(xlabel=f"budget ({currency})", ylabel=f"expected value ({currency})", title="Expected value against budget")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def calibration(tags: dict[str, dict[str, str]]) -> plt.Figure:
+    """The champions' calibration on their held-out cutoff (stored with the model by the training job)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for task in ("churn", "repurchase"):
+        table = json.loads((tags.get(task) or {}).get("retain.calibration", "[]"))
+        if table:
+            ax.plot([row[0] for row in table], [row[1] for row in table], marker="o", label=task)
+    ax.set(
+        xlabel="predicted", ylabel="observed", title="Calibration (last held-out backtest)", xlim=(0, 1), ylim=(0, 1)
+    )
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def html(tables: dict, scored: pd.DataFrame, summary: dict, scorer, config: Config) -> str:
+    at_risk = tables["at_risk"]
+    currency = config.data.currency
+    facts = [
+        ("as of", summary["as_of"]),
+        ("members scored", f"{summary['members_scored']:,}"),
+        ("members to contact", f"{len(at_risk):,}"),
+        ("control group (held out)", f"{summary['controls']:,}"),
+        ("budget used", f"{summary['budget_used']:,.2f} of {summary['budget']:,.2f} {currency}"),
+        ("expected value of the list", f"{summary['expected_value_total']:,.2f} {currency}"),
+        ("coupon uplift model", summary["policy"]["uplift_model"]),
+        ("models", ", ".join(f"{k} v{v}" for k, v in summary["model_versions"].items())),
+    ]
+    rows = "".join(f"<tr><th>{html_text.escape(k)}</th><td>{html_text.escape(str(v))}</td></tr>" for k, v in facts)
+    top = at_risk.head(TOP_ROWS)[["member_id", "segment", "action", "offer_detail", "expected_value", "reason_1"]]
+    pictures = [
+        risk_distribution(scored, config),
+        segment_action(at_risk),
+        value_by_segment(at_risk, currency),
+        value_against_budget(scored, config.winback.daily_budget, currency),
+        calibration(scorer.tags or {}),
+    ]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>retain — at-risk list {summary["as_of"]}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+img{{margin:8px;vertical-align:top}}</style></head>
+<body><h1>At-risk members, {summary["as_of"]}</h1>
+<table>{rows}</table>
+<div>{"".join(png(fig) for fig in pictures)}</div>
+<h2>Top {TOP_ROWS} of the list</h2>
+{top.to_html(index=False, float_format=lambda v: f"{v:,.2f}", border=0)}
+</body></html>
+"""
