@@ -99,7 +99,8 @@ class WinbackConfig:
     daily_budget: float = 20000.0
     cooldown_days: int = 30
     coupon_tiers: dict[str, float] = field(default_factory=lambda: {"满100减10": 10.0})
-    redeem_rate: float = 0.3
+    min_churn_risk: float = 0.0
+    redeem_rate: float = 0.9
     prior_uplift: float = 0.05
     response_days: int = 14
     history_days: int = 730

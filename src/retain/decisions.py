@@ -3,9 +3,10 @@
 Per member (`decide_arrays`, called by the `Scorer`, so the service and the export agree):
 
 - value: expected margin over `decisions.value_horizon_days` (`retain.value`: BG/NBD x Gamma-Gamma x margin);
-- win-back coupon, for members at risk or beyond (churn risk >= `decisions.churn_threshold`): for each
-  tier of `winback.coupon_tiers`, expected value = uplift x value - (send cost + P(redeem) x coupon
-  value), uplift and P(redeem) from `retain.uplift`; the best tier is the offer;
+- win-back coupon, for members with churn risk >= `winback.min_churn_risk`: for each tier of
+  `winback.coupon_tiers`, expected value = uplift x value - (send cost + P(redeem) x coupon value),
+  the uplift from `retain.uplift`, P(redeem) = (P(buy anyway) + uplift) x the share of such buyers who
+  redeem, P(buy anyway) from the repurchase probability; the best tier is the offer;
 - subscription offer (周期购), for members who buy a replenishment category on a regular cycle (gap
   cv <= `subscription.max_cycle_cv`), are likely to buy again (>= `decisions.repurchase_threshold`) and
   hold no subscription: expected value = `subscription.uplift` x the member's value in that category
@@ -83,16 +84,24 @@ def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, 
     )
 
 
+def p_buy_in_window(repurchase: np.ndarray, config: Config) -> np.ndarray:
+    """P(a paid order within winback.response_days) without a coupon, from the repurchase probability
+    over its own horizon at a constant daily hazard."""
+    ratio = config.winback.response_days / config.labels.repurchase_horizon_days
+    return 1.0 - np.power(np.clip(1.0 - repurchase, 0.0, 1.0), ratio)
+
+
 def coupon_offer(
-    matrix: np.ndarray, value: np.ndarray, model: uplift_model.UpliftModel, config: Config
+    matrix: np.ndarray, value: np.ndarray, p_buy: np.ndarray, model: uplift_model.UpliftModel, config: Config
 ) -> dict[str, np.ndarray]:
-    """The best coupon tier per member: its expected value, cost, uplift and tier index."""
+    """The best coupon tier per member: its expected value, cost, uplift and tier index. `p_buy` is each
+    member's P(buy in the coupon's window) without one: those members redeem a coupon they did not need."""
     w = config.winback
     n = len(value)
     best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
     for k, coupon_value in enumerate(w.coupon_tiers.values()):
-        uplift, p_redeem = model.predict_matrix(matrix, coupon_value)
-        cost = w.send_cost + p_redeem * coupon_value
+        uplift = model.predict_matrix(matrix, coupon_value)
+        cost = w.send_cost + model.p_redeem(p_buy, uplift) * coupon_value
         ev = uplift * value - cost
         better = ev > best["ev"]
         for key, new in (("ev", ev), ("cost", cost), ("uplift", uplift), ("tier", k)):
@@ -113,8 +122,9 @@ def decide_arrays(
     n = len(churn)
     value = np.nan_to_num(value_model.value(summary))
     matrix = np.column_stack([column(name) for name in uplift.feature_names]) if uplift.feature_names else None
-    coupon = coupon_offer(matrix if matrix is not None else np.empty((n, 0)), value, uplift, config)
-    winback_ev = np.where(churn >= config.decisions.churn_threshold, coupon["ev"], -np.inf)
+    features = matrix if matrix is not None else np.empty((n, 0))
+    coupon = coupon_offer(features, value, p_buy_in_window(repurchase, config), uplift, config)
+    winback_ev = np.where(churn >= config.winback.min_churn_risk, coupon["ev"], -np.inf)
 
     s = config.subscription
     category, cycle, share = regular_cycle(column, n, config)

@@ -5,10 +5,12 @@ a T-learner, one LightGBM classifier per arm on the member's features as of the 
 sent, the treated arm also seeing the coupon's value when the history holds several values.
 
     uplift(member, coupon) = P(buy within winback.response_days | coupon) - P(buy | no coupon)
-    P(redeem | member, coupon) = P(buy | coupon) x the share of treated buyers who redeemed
 
-With too little history (fewer than `winback.min_treated` treated or `winback.min_control` control
-offers) the model is the configured prior: `winback.prior_uplift` and `winback.redeem_rate` for everyone.
+It also keeps the share of treated members who bought in the window and redeemed the coupon, which
+`retain.decisions` turns into P(redeem) (members who would buy anyway redeem too: that is the cost
+of discounting them). With too little history (fewer than `winback.min_treated` treated or
+`winback.min_control` control offers) the model is the configured prior: `winback.prior_uplift` and
+`winback.redeem_rate` for everyone.
 """
 
 from __future__ import annotations
@@ -62,25 +64,30 @@ class UpliftModel:
     def kind(self) -> str:
         return "prior" if self.treated is None else "t_learner"
 
-    def predict_matrix(self, matrix: np.ndarray, coupon_value: float) -> tuple[np.ndarray, np.ndarray]:
-        """(uplift, P(redeem)) per row of `matrix` (the model's feature columns, in order) for one coupon value."""
+    def predict_matrix(self, matrix: np.ndarray, coupon_value: float) -> np.ndarray:
+        """The uplift per row of `matrix` (the model's feature columns, in order) for one coupon value."""
         n = len(matrix)
         if self.treated is None:
-            return np.full(n, self.prior_uplift), np.full(n, self.prior_redeem)
+            return np.full(n, self.prior_uplift)
         with_value = np.column_stack([matrix, np.full(n, coupon_value)]) if self.uses_value else matrix
         p_treated = special.expit(self.treated.predict(with_value, raw_score=True))
         p_control = special.expit(self.control.predict(matrix, raw_score=True))
-        return p_treated - p_control, p_treated * self.redeem_share
+        return p_treated - p_control
+
+    def p_redeem(self, p_buy_anyway: np.ndarray, uplift: np.ndarray) -> np.ndarray:
+        """P(redeem): P(buy in the window with the coupon) x the share of such buyers who redeem."""
+        share = self.prior_redeem if self.treated is None else self.redeem_share
+        return np.clip(p_buy_anyway + uplift, 0.0, 1.0) * share
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The registry's view: features plus `coupon_value` per row in, `uplift` and `p_redeem` out."""
+        """The registry's view: features plus `coupon_value` per row in, `uplift` out."""
         matrix = frame.reindex(columns=self.feature_names).to_numpy(dtype=np.float64, na_value=np.nan)
-        uplift, redeem = np.empty(len(frame)), np.empty(len(frame))
+        uplift = np.empty(len(frame))
         values = frame[COUPON_VALUE].to_numpy(dtype=float)
         for value in np.unique(values):
             rows = values == value
-            uplift[rows], redeem[rows] = self.predict_matrix(matrix[rows], float(value))
-        return pd.DataFrame({"uplift": uplift, "p_redeem": redeem}, index=frame.index)
+            uplift[rows] = self.predict_matrix(matrix[rows], float(value))
+        return pd.DataFrame({"uplift": uplift}, index=frame.index)
 
 
 def prior_model(config: Config, feature_names: list[str], reason: str) -> UpliftModel:

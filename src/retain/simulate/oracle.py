@@ -16,15 +16,25 @@ from retain.simulate import process as proc
 
 
 def oracle_probabilities(
-    truth: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, process: proc.ShopProcess = proc.PROCESS
+    truth: pd.DataFrame,
+    as_of: pd.Timestamp,
+    horizon_days: int,
+    process: proc.ShopProcess = proc.PROCESS,
+    coupon_value: float | None = None,
 ) -> pd.DataFrame:
     """True P(churn) and P(repurchase) in [as_of, as_of + horizon_days) for every member joined before as_of.
 
     Parameters
     ----------
     truth : the simulator's `truth.parquet` (one row per member).
-    Returns a frame indexed by `member_id` with `p_churn` (no paid order in the window) and
-    `p_repurchase` (at least one) = 1 - p_churn.
+    coupon_value : if given, every member gets a win-back coupon of this value sent the day before
+        `as_of` (valid from `as_of`, as the simulator's campaigns do): what would happen if we sent it.
+    Returns a frame indexed by `member_id` with `p_churn` (no paid order in the window),
+    `p_repurchase` (at least one) = 1 - p_churn, and `expected_orders`: paid orders, renewals of a
+    replenishment cycle counted at their mean rate (1 / cycle days).
+
+    The stage at `as_of` comes from `disengaged_day` and `died_day`, the last of each; a member won back
+    by a coupon after `as_of` shows as active before it (rare: the latest figures are exact at the end).
     """
     start = pd.Timestamp(truth["sim_start"].iloc[0])
     a = (pd.Timestamp(as_of) - start).days
@@ -36,6 +46,9 @@ def oracle_probabilities(
     has_cycle = t["cycle_days"].to_numpy() > 0
     last_renewal = _last_before(t["renewal_days"], a)
     coupon_until, coupon_mult = _coupon_in_force(t, a, process)
+    if coupon_value is not None:
+        coupon_until = np.full(len(t), a - 1 + process.coupon_days)
+        coupon_mult = proc.coupon_multiplier(t["coupon_response"].to_numpy(), np.full(len(t), coupon_value))
 
     disengaged, died = t["disengaged_day"].to_numpy(), t["died_day"].to_numpy()
     dead = (died >= 0) & (died <= a)
@@ -48,6 +61,9 @@ def oracle_probabilities(
     p_disengage = t["p_disengage"].to_numpy()
     p_die = 1.0 - np.exp(-1.0 / process.disengaging_days)
     factor = process.disengaged_purchase_factor
+    s_active, s_disengaging = q_active.copy(), q_disengaging.copy()  # P(stage), orders or not
+    renewal_rate = 1.0 / np.maximum(t["cycle_days"].to_numpy(), 1)  # renewals a day, on average
+    expected_orders = np.zeros(len(t))
     for k in range(horizon_days):
         d = a + k
         seasonal = np.where(promo_only, season_promo[k], season_regular[k])
@@ -61,9 +77,17 @@ def oracle_probabilities(
         q_active = stay_active * (1.0 - p_disengage)
         q_disengaging = stay_disengaging * (1.0 - p_die) + stay_active * p_disengage
         q_dead = q_dead + stay_disengaging * p_die
+        expected_orders += (1.0 - process.refund_share) * (
+            s_active * -np.expm1(-intensity) + s_disengaging * -np.expm1(-intensity * factor)
+        ) + np.where(has_cycle, renewal_rate, 0.0) * (s_active + s_disengaging * factor)
+        # A disengaging member who orders while holding a coupon is won back (active again).
+        any_order = 1.0 - np.exp(-intensity * factor) * (1.0 - renew * factor)
+        won_back = s_disengaging * np.where(coupon_until >= d, any_order, 0.0)
+        s_active, s_disengaging = s_active + won_back, s_disengaging - won_back
+        s_active, s_disengaging = s_active * (1.0 - p_disengage), s_disengaging * (1.0 - p_die) + s_active * p_disengage
     p_churn = np.clip(q_active + q_disengaging + q_dead, 0.0, 1.0)
     return pd.DataFrame(
-        {"p_churn": p_churn, "p_repurchase": 1.0 - p_churn},
+        {"p_churn": p_churn, "p_repurchase": 1.0 - p_churn, "expected_orders": expected_orders},
         index=pd.Index(t[c.MEMBER_ID].astype(str), name=c.MEMBER_ID),
     )
 

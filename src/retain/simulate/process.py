@@ -4,7 +4,9 @@ Each member, once joined, is *active*, then *disengaging*, then *dead* (a Markov
 While alive, a member places at most one ordinary order a day with probability 1 - exp(-intensity),
 intensity = purchase rate x season x stage factor x coupon effect; members with a replenishment
 category also renew it on a gamma-distributed cycle. Disengaging members buy and browse less
-before they stop: behaviour carries real but noisy signal. The oracle uses the same numbers.
+before they stop: behaviour carries real but noisy signal. A disengaging member who orders while
+holding a win-back coupon is won back (active again): that is what a win-back coupon is worth.
+The oracle uses the same numbers.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy import stats
 
 from retain import contract as c
 from retain.dataset import atomic_folder, write_metadata
@@ -104,7 +105,7 @@ def draw_members(rng: np.random.Generator, n: int, days: int, p: proc.ShopProces
     mix = rng.dirichlet(np.full(len(proc.CATEGORIES), 0.4), n)
     cycle_category = np.where(has_cycle, repl[(mix[:, repl]).argmax(axis=1)], -1)
     spend_level = rng.gamma(3.0, 150.0 / 3.0, n)
-    response_type = rng.choice(len(RESPONSE_TYPES), n, p=RESPONSE_SHARES)
+    response_type = _response_types(rng.random(n), spend_level)
     response = np.choose(response_type, [1.0 + rng.uniform(1.0, 3.0, n), np.ones(n), np.full(n, 0.5)])
     value_score = np.log(rate * spend_level) + rng.normal(0, 0.5, n)
     tier = np.searchsorted(np.quantile(value_score, np.cumsum(TIER_SHARES)[:-1]), value_score)
@@ -123,6 +124,15 @@ def draw_members(rng: np.random.Generator, n: int, days: int, p: proc.ShopProces
         response=response,
         tier=tier,
     )
+
+
+def _response_types(u: np.ndarray, spend_level: np.ndarray) -> np.ndarray:
+    """Coupon response by price sensitivity: low spenders are more often persuadable, high spenders
+    more often sleeping dogs (a coupon annoys them); the shares average RESPONSE_SHARES."""
+    s = stats.gamma.cdf(spend_level, 3.0, scale=150.0 / 3.0)  # the member's spend level as a quantile
+    persuadable = RESPONSE_SHARES[0] + 0.4 * (0.5 - s)
+    sleeping_dog = RESPONSE_SHARES[2] - 0.2 * (0.5 - s)
+    return np.where(u < persuadable, 0, np.where(u < 1.0 - sleeping_dog, 1, 2))
 
 
 @dataclass
@@ -191,6 +201,12 @@ def run_days(rng: np.random.Generator, m: Members, calendar: pd.DatetimeIndex, p
         browse = rng.poisson(browse_rate)
         h.browse_member.append(np.repeat(live, browse))
         h.browse_day.append(np.full(int(browse.sum()), d, dtype=np.int32))
+        # A win-back coupon that brings a disengaging member to order wins the member back: active again.
+        ordered = np.concatenate([buys, renews])
+        won_back = ordered[(state[ordered] == 2) & (coupon_until[ordered] >= d)]
+        state[won_back] = 1
+        h.disengaged_day[won_back] = -1
+        active = state[live] == 1
         # Stage changes happen at the end of the day: the new stage holds from the next day.
         u = rng.random(len(live))
         to_disengaging = live[active & (u < m.p_disengage[live])]
