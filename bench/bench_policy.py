@@ -9,10 +9,11 @@ order in the 14 days) (= P(redeem)). The true profit of a list is, summed over i
     (orders with coupon - orders without) x the member's mean order amount x margin_rate
     - send_cost - P(redeem with coupon) x coupon value
 
-Every list is charged against the same daily budget with the same cost estimate (the policy's:
-send cost + its P(redeem) x coupon value; the true cost column shows what each list really spends), has no control group and no contact rules, so only the
-choice of members and tiers differs. Subscription offers are switched off (the simulator holds no
-truth for them). Each rule sends the tier that made it the most true profit, in hindsight.
+Every list is charged against the same daily budget with the same cost estimate (the policy's: send
+cost + its P(redeem) x coupon value; the true cost column shows what each list really spends), has no
+control group and no contact rules, so only the choice of members and tiers differs. Subscription
+offers are switched off (the simulator holds no truth for them). Each rule sends the tier that made it
+the most true profit, in hindsight.
 
 Needs the demo dataset and its champions: `make demo` (or `make train`) first.
 
