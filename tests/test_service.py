@@ -4,7 +4,6 @@ simulated shop into a throwaway MLflow store."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -21,32 +20,13 @@ from conftest import ROOT
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+VERSIONS = {"retain-churn": "1", "retain-repurchase": "1", "retain-uplift": "1", "retain-value": "1"}
 
 
 @pytest.fixture(scope="module")
-def store(small_shop, config, tmp_path_factory):
-    """Train into a throwaway store and return the environment that points the service at it."""
-    from training.job import train
-
-    tmp = tmp_path_factory.mktemp("store")
-    env = {
-        "RETAIN_MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-        "RETAIN_MLFLOW_ARTIFACT_LOCATION": str(tmp / "artifacts"),
-        "RETAIN_SERVING_SNAPSHOT_DIR": str(tmp / "snapshots"),
-        "RETAIN_TRAINING_MAX_ECE": "0.1",  # 3,000 members make ECE noisy; the gate is tested elsewhere
-    }
-    job = dataclasses.replace(
-        config,
-        mlflow=dataclasses.replace(
-            config.mlflow,
-            tracking_uri=env["RETAIN_MLFLOW_TRACKING_URI"],
-            artifact_location=env["RETAIN_MLFLOW_ARTIFACT_LOCATION"],
-        ),
-        serving=dataclasses.replace(config.serving, snapshot_dir=env["RETAIN_SERVING_SNAPSHOT_DIR"]),
-        training=dataclasses.replace(config.training, max_ece=0.1),
-    )
-    train(small_shop, job)
-    return env
+def store(trained):
+    """The environment that points the service at the trained store (see conftest.trained)."""
+    return trained[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def test_score_returns_the_snapshot_scores_and_lists_unknown_ids(client, members
     response = client.post("/score", json={"member_ids": [*ids, "no-such-member"]}, headers=AUTH)
     assert response.status_code == 200
     body = response.json()
-    assert body["as_of"] == "2025-02-04" and body["model_versions"] == {"retain-churn": "1", "retain-repurchase": "1"}
+    assert body["as_of"] == "2025-02-04" and body["model_versions"] == VERSIONS
     assert [s["member_id"] for s in body["scores"]] == ids and body["unknown"] == ["no-such-member"]
     first = body["scores"][0]
     assert first["churn_risk"] == pytest.approx(members.loc[ids[0], "churn_risk"], abs=1e-6)
@@ -192,12 +172,12 @@ def test_reload_bumps_the_generation_and_serves_the_new_snapshot(client, store, 
 
     changed = members.copy()
     changed["churn_risk"] = 0.123456
-    snapshot.write(changed, pd.Timestamp("2025-02-04"), {"retain-churn": "1", "retain-repurchase": "1"}, "x", folder)
+    snapshot.write(changed, pd.Timestamp("2025-02-04"), VERSIONS, "x", folder)
     reloaded = client.post("/reload", headers=AUTH).json()
     assert reloaded["generation"] == before + 1
     response = client.post("/score", json={"member_ids": [members.index[0]]}, headers=AUTH).json()
     assert response["scores"][0]["churn_risk"] == 0.123456
-    snapshot.write(members, pd.Timestamp("2025-02-04"), {"retain-churn": "1", "retain-repurchase": "1"}, "x", folder)
+    snapshot.write(members, pd.Timestamp("2025-02-04"), VERSIONS, "x", folder)
     client.post("/reload", headers=AUTH)
 
 

@@ -139,6 +139,7 @@ def score_records(frame: pd.DataFrame) -> list[dict]:
         reasons = [
             {
                 "feature": row[f"reason_{k}_feature"],
+                "label": row.get(f"reason_{k}"),
                 "value": _json_number(row[f"reason_{k}_value"]),
                 "direction": row[f"reason_{k}_direction"],
             }

@@ -32,31 +32,41 @@ class ServingState:
     records: dict[str, str]  # member_id -> the member's score as a JSON object, ready to send
     generation: int
     metrics: dict = field(default_factory=dict)
+    # Members whose snapshot row has no precomputed reasons (the daily export explains only its list):
+    # their reasons are computed on their first request, then kept in `records`.
+    pending: pd.DataFrame | None = None
 
     @classmethod
     def load(cls, config: Config, registry, generation: int) -> ServingState:
         scorer = Scorer.from_registry(registry, config)
         frame, meta = snapshot.read_current(Path(config.serving.snapshot_dir))
         frame = frame.set_index("member_id") if "member_id" in frame.columns else frame
-        records = {
-            member_id: json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-            for member_id, record in zip(frame.index, api.score_records(frame), strict=True)
-        }
+        explained = frame["reason_1_feature"].notna().to_numpy()
         features = [name for name in scorer.churn.feature_names if not name.startswith(DERIVED_PREFIXES)]
-        metrics = {task: registry.version_by_alias(task).tags for task in ("churn", "repurchase")}
         return cls(
             scorer,
             pd.Timestamp(meta["as_of"]),
             meta["model_versions"],
             meta["dataset_fingerprint"],
             features,
-            records,
+            encode(frame[explained]),
             generation,
-            metrics,
+            scorer.tags or {},
+            pending=frame[~explained].drop(columns=[c for c in frame.columns if c.startswith("reason_")]),
         )
+
+    def explain_pending(self, member_ids: list[str]) -> None:
+        """Compute the reasons of requested members the snapshot has none for, and keep their records."""
+        if self.pending is None or self.pending.empty:
+            return
+        wanted = [m for m in dict.fromkeys(member_ids) if m not in self.records and m in self.pending.index]
+        if wanted:
+            rows = self.pending.loc[wanted]
+            self.records.update(encode(rows.join(self.scorer.reasons(rows, self.as_of))))
 
     def score_response(self, member_ids: list[str]) -> str:
         """The /score body, assembled from the precomputed JSON of each member."""
+        self.explain_pending(member_ids)
         known = [self.records[m] for m in member_ids if m in self.records]
         unknown = [m for m in member_ids if m not in self.records]
         head = json.dumps({"as_of": self.as_of.date().isoformat(), "model_versions": self.model_versions})[:-1]
@@ -79,23 +89,31 @@ class ServingState:
             "worker_pid": os.getpid(),
             "generation": self.generation,
             "snapshot_as_of": self.as_of.date().isoformat(),
-            "snapshot_members": len(self.records),
+            "snapshot_members": len(self.records) + (0 if self.pending is None else len(self.pending)),
             "dataset_fingerprint": self.dataset_fingerprint,
             "models": {
-                name: {
-                    "version": version,
+                f"retain-{task}": {
+                    "version": self.scorer.versions[f"retain-{task}"],
                     "alias": "champion",
                     "metrics": {
                         k.removeprefix("retain.metric."): float(v)
-                        for k, v in self.metrics[task].items()
+                        for k, v in tags.items()
                         if k.startswith("retain.metric.")
                     },
-                    "dataset_fingerprint": self.metrics[task].get("retain.dataset_fingerprint"),
+                    "dataset_fingerprint": tags.get("retain.dataset_fingerprint"),
                 }
-                for task, (name, version) in zip(("churn", "repurchase"), self.scorer.versions.items(), strict=True)
+                for task, tags in self.metrics.items()
             },
             "snapshot_model_versions": self.model_versions,
         }
+
+
+def encode(frame: pd.DataFrame) -> dict[str, str]:
+    """member_id -> the member's score record as compact JSON."""
+    return {
+        member_id: json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        for member_id, record in zip(frame.index, api.score_records(frame), strict=True)
+    }
 
 
 class WorkerRegistry:

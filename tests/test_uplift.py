@@ -1,0 +1,99 @@
+"""The coupon uplift model: the Qini coefficient, the T-learner on offers with a control group, the
+prior without history, and the offers' outcomes and point-in-time features."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_dataset, orders_frame
+
+from retain import uplift
+from retain.evaluation import qini_coefficient
+
+
+def test_qini_is_zero_for_random_targeting_positive_for_the_true_ranking_and_negative_reversed():
+    rng = np.random.default_rng(0)
+    n = 40_000
+    effect = rng.uniform(-0.1, 0.4, n)
+    treated = rng.random(n) < 0.8
+    y = (rng.random(n) < 0.2 + effect * treated).astype(int)
+    assert qini_coefficient(y, treated, effect) > 0.15
+    assert abs(qini_coefficient(y, treated, rng.random(n))) < 0.05
+    assert qini_coefficient(y, treated, -effect) < -0.15
+
+
+def synthetic_offers(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Offers whose coupon works only for members with x > 0.5, more with a larger coupon."""
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame({"x": rng.random(n), "noise": rng.random(n)})
+    treated = rng.random(n) < 0.7
+    value = rng.choice([10.0, 50.0], n)
+    effect = np.where(x["x"] > 0.5, 0.1 + 0.004 * value, 0.0)
+    bought = rng.random(n) < 0.15 + effect * treated
+    redeemed = bought & treated & (rng.random(n) < 0.7)  # 70% of treated buyers use the coupon
+    offers = pd.DataFrame({"treated": treated, "value": value, "bought": bought, "redeemed": redeemed})
+    return x, offers, effect
+
+
+def test_the_t_learner_finds_who_the_coupon_moves_and_that_a_larger_coupon_moves_them_more(config):
+    x, offers, _ = synthetic_offers(30_000, seed=1)
+    model = uplift.fit_uplift(x, offers, config, seed=7)
+    assert model.kind == "t_learner" and model.uses_value and model.redeem_share == pytest.approx(0.7, abs=0.05)
+    x_new, offers_new, effect = synthetic_offers(20_000, seed=2)
+    predicted = uplift.predict_offers(model, x_new, offers_new)
+    moved = x_new["x"].to_numpy() > 0.5
+    assert predicted[moved].mean() > predicted[~moved].mean() + 0.1
+    assert qini_coefficient(offers_new["bought"], offers_new["treated"], predicted) > 0.3
+    matrix = x_new[moved].to_numpy()
+    assert model.predict_matrix(matrix, 50.0).mean() > model.predict_matrix(matrix, 10.0).mean() + 0.05
+
+
+def test_without_enough_history_the_model_is_the_configured_prior(config):
+    x, offers, _ = synthetic_offers(500, seed=3)
+    model = uplift.fit_uplift(x, offers, config, seed=7)
+    assert model.kind == "prior" and "treated" in model.metadata["prior_reason"]
+    assert (model.predict_matrix(x.to_numpy(), 10.0) == config.winback.prior_uplift).all()
+    strict = dataclasses.replace(config, winback=dataclasses.replace(config.winback, min_control=10**6))
+    assert uplift.fit_uplift(*synthetic_offers(30_000, seed=4)[:2], strict, seed=7).kind == "prior"
+
+
+def test_an_offer_counts_as_bought_only_for_a_paid_order_inside_its_window(tmp_path):
+    orders = orders_frame(
+        [
+            ("a", "2025-03-01", 100.0),  # history: everyone has a paid order before the offers
+            ("b", "2025-03-01", 100.0),
+            ("c", "2025-03-01", 100.0),
+            ("d", "2025-03-01", 100.0),
+            ("a", "2025-04-10", 80.0),  # inside a's 14 days
+            ("b", "2025-04-20", 80.0),  # after b's window
+            ("c", "2025-04-05", 80.0, "食品", "refunded", "2025-04-08"),  # refunded: not a purchase
+        ]
+    )
+    sent = pd.Series(pd.to_datetime(["2025-04-01 10:00"] * 3 + ["2025-06-01 10:00"]), dtype="datetime64[us]")
+    offers = pd.DataFrame(
+        {
+            "offer_id": ["o1", "o2", "o3", "o4"],
+            "member_id": ["a", "b", "c", "d"],
+            "sent_at": sent,
+            "offer_type": "winback_coupon",
+            "treated": [True, False, True, True],
+            "value": 10.0,
+            "redeemed_at": pd.Series(pd.to_datetime(["2025-04-10", None, None, None]), dtype="datetime64[us]"),
+        }
+    )
+    ds = make_dataset(tmp_path, {"orders": orders, "offers": offers}, "2025-06-10")
+    out = uplift.offer_outcomes(ds, pd.Timestamp("2025-01-01"), ds.observed_until, 14)
+    # d's window (from 2025-06-01) is not complete by 2025-06-10: left out
+    assert out["member_id"].tolist() == ["a", "b", "c"]
+    assert out["bought"].tolist() == [True, False, False] and out["redeemed"].tolist() == [True, False, False]
+
+    seen = []
+
+    def features_at(day):
+        seen.append(day)
+        return pd.DataFrame({"f": [1.0, 2.0]}, index=pd.Index(["a", "b"], name="member_id"))
+
+    x, kept = uplift.training_frame(out, features_at)
+    assert seen == [pd.Timestamp("2025-04-01")]  # features as of the offer's day: strictly before sending
+    assert kept["member_id"].tolist() == ["a", "b"] and x["f"].tolist() == [1.0, 2.0]
