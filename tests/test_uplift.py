@@ -44,7 +44,8 @@ def test_the_t_learner_finds_who_the_coupon_moves_and_that_a_larger_coupon_moves
     predicted = uplift.predict_offers(model, x_new, offers_new)
     moved = x_new["x"].to_numpy() > 0.5
     assert predicted[moved].mean() > predicted[~moved].mean() + 0.1
-    assert qini_coefficient(offers_new["bought"], offers_new["treated"], predicted) > 0.3
+    y, t = offers_new["bought"], offers_new["treated"]
+    assert qini_coefficient(y, t, predicted) > 0.8 * qini_coefficient(y, t, effect)  # near the true ranking
     matrix = x_new[moved].to_numpy()
     assert model.predict_matrix(matrix, 50.0).mean() > model.predict_matrix(matrix, 10.0).mean() + 0.05
 
