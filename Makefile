@@ -9,13 +9,15 @@ DATA ?= data/demo
 DEMO_MEMBERS ?= 50000
 DEMO_DAYS ?= 730
 DEMO_SEED ?= 42
+DATE ?=
+OUT ?= exports
 
 export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train backtest-cdnow serve bench bench-serve
+.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bench bench-serve bench-policy bench-export
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -39,12 +41,16 @@ $(DATA)/dataset.json: | setup
 simulate: setup ## Simulate the demo shop into data/demo (50,000 members over 730 days, seed 42)
 	$(RETAIN) simulate --members $(DEMO_MEMBERS) --days $(DEMO_DAYS) --seed $(DEMO_SEED) --out $(DATA)
 
-demo: setup $(DATA)/dataset.json ## Install, build the demo dataset, train and register the models, print the tables
+demo: setup $(DATA)/dataset.json ## Install, build the demo dataset, train and register the models, export the day's list
 	$(RETAIN) features --data $(DATA) --as-of $$($(PY) -c "import json; print(json.load(open('$(DATA)/dataset.json'))['observed_until'][:10])") --out $(DATA)/features_latest.parquet
 	$(PY) -m training --data $(DATA)
+	$(RETAIN) export --data $(DATA) --out $(OUT)
 
 train: setup $(DATA)/dataset.json ## Fit, backtest, log to MLflow and gate the models (make train DATA=data/shop)
 	$(PY) -m training --data $(DATA)
+
+export: setup ## Write the day's at-risk list, summary and report to exports/DATE/ (DATE defaults to the data's end)
+	$(RETAIN) export --data $(DATA) --out $(OUT) $(if $(DATE),--date $(DATE))
 
 serve: setup ## Serve the champions over HTTP on 127.0.0.1:3000 (needs RETAIN_API_TOKEN; after make train)
 	$(RETAIN) serve
@@ -69,3 +75,9 @@ bench: setup ## Run the benchmarks (simulator, features, training); figures go t
 
 bench-serve: setup ## Serving speed against a bare BentoML endpoint, real server on 127.0.0.1 (after make train)
 	$(PY) bench/bench_serve.py
+
+bench-policy: setup ## The decision policy against three simple rules on the simulator's true profit (after make demo)
+	$(PY) bench/bench_policy.py --data $(DATA)
+
+bench-export: setup ## The daily export of 1,000,000 members: time and memory (after make demo)
+	$(PY) bench/bench_export.py

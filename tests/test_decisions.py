@@ -28,8 +28,9 @@ class FixedValue:
 class GrowingUplift(UpliftModel):
     """Uplift that rises with the coupon's value, with diminishing returns (0.02, 0.035, 0.045)."""
 
-    def predict_matrix(self, matrix, coupon_value):
-        return np.full(len(matrix), dict(zip(TIERS.values(), UPLIFTS, strict=True))[coupon_value])
+    def predict_tiers(self, matrix, coupon_values):
+        by_value = dict(zip(TIERS.values(), UPLIFTS, strict=True))
+        return [np.full(len(matrix), by_value[value]) for value in coupon_values]
 
 
 def policy(config, **winback):

@@ -99,8 +99,8 @@ def coupon_offer(
     w = config.winback
     n = len(value)
     best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
-    for k, coupon_value in enumerate(w.coupon_tiers.values()):
-        uplift = model.predict_matrix(matrix, coupon_value)
+    values = list(w.coupon_tiers.values())
+    for k, (coupon_value, uplift) in enumerate(zip(values, model.predict_tiers(matrix, values), strict=True)):
         cost = w.send_cost + model.p_redeem(p_buy, uplift) * coupon_value
         ev = uplift * value - cost
         better = ev > best["ev"]

@@ -66,13 +66,19 @@ class UpliftModel:
 
     def predict_matrix(self, matrix: np.ndarray, coupon_value: float) -> np.ndarray:
         """The uplift per row of `matrix` (the model's feature columns, in order) for one coupon value."""
+        return self.predict_tiers(matrix, [coupon_value])[0]
+
+    def predict_tiers(self, matrix: np.ndarray, coupon_values: list[float]) -> list[np.ndarray]:
+        """The uplift per row for each coupon value (the control arm is predicted once)."""
         n = len(matrix)
         if self.treated is None:
-            return np.full(n, self.prior_uplift)
-        with_value = np.column_stack([matrix, np.full(n, coupon_value)]) if self.uses_value else matrix
-        p_treated = special.expit(self.treated.predict(with_value, raw_score=True))
+            return [np.full(n, self.prior_uplift) for _ in coupon_values]
         p_control = special.expit(self.control.predict(matrix, raw_score=True))
-        return p_treated - p_control
+        uplifts = []
+        for value in coupon_values if self.uses_value else coupon_values[:1]:
+            with_value = np.column_stack([matrix, np.full(n, value)]) if self.uses_value else matrix
+            uplifts.append(special.expit(self.treated.predict(with_value, raw_score=True)) - p_control)
+        return uplifts if self.uses_value else uplifts * len(coupon_values)
 
     def p_redeem(self, p_buy_anyway: np.ndarray, uplift: np.ndarray) -> np.ndarray:
         """P(redeem): P(buy in the window with the coupon) x the share of such buyers who redeem."""

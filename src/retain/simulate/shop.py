@@ -73,6 +73,7 @@ TABLE_SCHEMAS = {
             (c.ENDED_AT, pa.timestamp("us")),
         ]
     ),
+    "suppressions": pa.schema([(c.MEMBER_ID, pa.string()), (c.REASON, pa.string()), (c.UNTIL, pa.timestamp("us"))]),
 }
 
 

@@ -72,7 +72,28 @@ def chunk_tables(
         "offers": offers,
         "subscriptions": _subscriptions(rng, m, h, member_ids, start_us, days),
         "truth": _truth(m, h, member_ids, calendar[0]),
+        "suppressions": _suppressions(rng, member_ids, start_us, days),  # drawn last: earlier draws unchanged
     }
+
+
+SUPPRESSION_SHARE = 0.01
+SUPPRESSION_MIX = (0.70, 0.25, 0.05)  # opted_out, complaint, legal_hold (contract.SUPPRESSION_REASONS)
+
+
+def _suppressions(rng, member_ids, start_us, days) -> pa.Table:
+    """About 1% of members must not be contacted: opted out and legal holds for good, complaints for a
+    while (until a day up to half a year past the simulated period)."""
+    rows = np.flatnonzero(rng.random(len(member_ids)) < SUPPRESSION_SHARE)
+    reason = rng.choice(len(SUPPRESSION_MIX), len(rows), p=SUPPRESSION_MIX)
+    until_day = rng.integers(0, days + 180, len(rows))
+    complaint = reason == 1
+    return pa.table(
+        {
+            c.MEMBER_ID: member_ids.take(pa.array(rows)),
+            c.REASON: pa.array(np.asarray(c.SUPPRESSION_REASONS)[reason]),
+            c.UNTIL: pa.array(start_us + until_day * DAY_US, pa.timestamp("us"), mask=~complaint),
+        }
+    )
 
 
 def _orders(
