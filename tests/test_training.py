@@ -1,6 +1,7 @@
 """The training job end to end on a small simulated shop, the promotion gate, and the no-leak rule."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,16 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
             "plots/gain.png",
             "plots/feature_importance.png",
         } <= artifacts
+        calibration = json.loads(champion.tags["retain.calibration"])  # drawn by the daily report
+        assert all(0 <= p <= 1 and 0 <= rate <= 1 and n > 0 for p, rate, n in calibration)
+    uplift = registry.version_by_alias("uplift", CHAMPION)
+    assert uplift.tags["retain.kind"] in ("t_learner", "prior") and uplift.tags["retain.decision_reason"]
+    assert "retain.metric.offers" in uplift.tags
+    value_model, _ = registry.load("value")
+    assert value_model.gamma_gamma.p > 0 and float(registry.version_by_alias("value").tags["retain.mean_value"]) > 0
     frame, meta = read_current(Path(job_config.serving.snapshot_dir))
-    assert meta["model_versions"] == {"retain-churn": "1", "retain-repurchase": "1"}
+    versions = {"retain-churn": "1", "retain-repurchase": "1", "retain-uplift": "1", "retain-value": "1"}
+    assert meta["model_versions"] == versions
     assert meta["as_of"].startswith(str(small_shop.observed_until.date()))
     assert frame["churn_risk"].between(0, 1).all() and frame["reason_1_feature"].notna().all()
 
