@@ -64,8 +64,9 @@ def blocked(dataset: Dataset, as_of: pd.Timestamp, actions: pd.Series, config: C
                 .df()
                 .set_index(c.MEMBER_ID)["reason"]
             )
-            suppressed = suppressed[suppressed.index.isin(actions.index)]
-            reason[suppressed.index] = SUPPRESSED + ":" + suppressed
+            suppressed = suppressed.reindex(actions.index)  # a hash join: isin on text ids is far slower
+            found = suppressed.notna().to_numpy()
+            reason[found] = (SUPPRESSED + ":" + suppressed[found]).to_numpy()
     finally:
         con.close()
     return reason

@@ -74,11 +74,15 @@ class UpliftModel:
         if self.treated is None:
             return [np.full(n, self.prior_uplift) for _ in coupon_values]
         p_control = special.expit(self.control.predict(matrix, raw_score=True))
+        if not self.uses_value:
+            return [special.expit(self.treated.predict(matrix, raw_score=True)) - p_control] * len(coupon_values)
+        with_value = np.empty((n, matrix.shape[1] + 1))  # one copy; only the value column changes per tier
+        with_value[:, :-1] = matrix
         uplifts = []
-        for value in coupon_values if self.uses_value else coupon_values[:1]:
-            with_value = np.column_stack([matrix, np.full(n, value)]) if self.uses_value else matrix
+        for value in coupon_values:
+            with_value[:, -1] = value
             uplifts.append(special.expit(self.treated.predict(with_value, raw_score=True)) - p_control)
-        return uplifts if self.uses_value else uplifts * len(coupon_values)
+        return uplifts
 
     def p_redeem(self, p_buy_anyway: np.ndarray, uplift: np.ndarray) -> np.ndarray:
         """P(redeem): P(buy in the window with the coupon) x the share of such buyers who redeem."""
