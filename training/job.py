@@ -23,6 +23,7 @@ from retain import backtest, btyd, plots, promotion, snapshot
 from retain import uplift as uplift_models
 from retain.config import Config, load_config
 from retain.dataset import Dataset, open_dataset
+from retain.engine import open_engine
 from retain.errors import RetainError
 from retain.evaluation import calibration_table, evaluate, qini_coefficient
 from retain.models import LIGHTGBM_PARAMS
@@ -60,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
     """Run the job for both tasks; return the held-out results (one per task)."""
+    with open_engine(config) as engine:
+        return train_with(dataset, config, force, backtest.Snapshots(dataset, config, engine))
+
+
+def train_with(dataset: Dataset, config: Config, force: bool, snapshots: backtest.Snapshots) -> list[dict]:
     registry = Registry(config.mlflow)
-    snapshots = backtest.Snapshots(dataset, config)
     tasks = {"churn": config.labels.churn_horizon_days, "repurchase": config.labels.repurchase_horizon_days}
     results = []
     with console.status("training") as status:
@@ -74,7 +79,8 @@ def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
         train_value(registry, snapshots)
         if all(registry.version_by_alias(name, CHAMPION) for name in MODELS):
             status.update("writing the feature snapshot for serving")
-            console.print(f"snapshot for serving: {snapshot.write_latest(dataset, config, registry)}")
+            latest = snapshots.base_features(dataset.observed_until)
+            console.print(f"snapshot for serving: {snapshot.write_latest(dataset, config, registry, latest)}")
         else:
             console.print("no snapshot written: a task has no champion yet (see the gate's reason above)")
     return results

@@ -71,15 +71,20 @@ def plan_snapshots(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int, con
 class Snapshots:
     """Features and labels by cutoff, computed once per run (the tasks share their snapshots)."""
 
-    def __init__(self, dataset: Dataset, config: Config):
+    def __init__(self, dataset: Dataset, config: Config, engine=None):
         self.dataset, self.config = dataset, config
+        self.engine = engine  # a retain.engine engine; None: DuckDB in this process
         self._features: dict[pd.Timestamp, pd.DataFrame] = {}
         self._bgnbd: dict[pd.Timestamp, object] = {}
 
     def base_features(self, as_of: pd.Timestamp) -> pd.DataFrame:
         """Point-in-time features as `features.build` returns them."""
         if as_of not in self._features:
-            self._features[as_of] = feature_builder.build(self.dataset, as_of, self.config.data)
+            self._features[as_of] = (
+                self.engine.features(self.dataset, as_of)
+                if self.engine is not None
+                else feature_builder.build(self.dataset, as_of, self.config.data)
+            )
         return self._features[as_of]
 
     def features(self, as_of: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
@@ -197,12 +202,14 @@ def run_backtest(
     tasks: dict[str, int],
     config: Config,
     progress: Callable[[str], None] | None = None,
+    engine=None,
 ) -> dict:
-    """Backtest every (cutoff, task); `tasks` maps task to horizon days. Returns the JSON document."""
+    """Backtest every (cutoff, task); `tasks` maps task to horizon days. Returns the JSON document.
+    Features come from `engine` (retain.engine) when given."""
     for as_of in cutoffs:
         for horizon in tasks.values():
             labels.check_window(dataset, as_of, horizon)
-    snapshots = Snapshots(dataset, config)
+    snapshots = Snapshots(dataset, config, engine)
     results = []
     for as_of in cutoffs:
         for task, horizon in tasks.items():

@@ -157,13 +157,14 @@ def features(
 
     Example: retain features --data data/demo --as-of 2025-06-01 --out data/features.parquet
     """
-    from retain import features as feature_builder
     from retain.dataset import open_dataset
+    from retain.engine import open_engine
 
     cfg = settings(config)
     cutoff = parse_date(as_of, "--as-of")
     dataset = open_dataset(data or Path(cfg.data.dataset))
-    frame = feature_builder.build(dataset, cutoff, cfg.data)
+    with open_engine(cfg) as engine:
+        frame = engine.features(dataset, cutoff)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     frame.to_parquet(tmp)
@@ -190,6 +191,7 @@ def backtest(
 
     from retain import backtest as bt
     from retain.dataset import open_dataset
+    from retain.engine import open_engine
 
     cfg = settings(config)
     if task not in ("churn", "repurchase", "both"):
@@ -203,8 +205,10 @@ def backtest(
     if not dates:
         raise RetainError("--cutoffs needs at least one date, like 2025-06-01.")
     dataset = open_dataset(data or Path(cfg.data.dataset))
-    with err_console.status("backtesting") as status:
-        doc = bt.run_backtest(dataset, dates, tasks, cfg, progress=lambda text: status.update(f"backtesting {text}"))
+    with open_engine(cfg) as engine, err_console.status("backtesting") as status:
+        doc = bt.run_backtest(
+            dataset, dates, tasks, cfg, progress=lambda text: status.update(f"backtesting {text}"), engine=engine
+        )
     Console(width=160).print(bt.results_table(doc["results"], title=f"backtest on {dataset.path}"))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,13 +237,14 @@ def export(
 
     from retain import export as exporter
     from retain.dataset import open_dataset
+    from retain.engine import open_engine
     from retain.registry import Registry
 
     cfg = settings(config)
     dataset = open_dataset(data or Path(cfg.data.dataset))
     day = exporter.check_date(date or dataset.observed_until, dataset, today=pd.Timestamp.now())
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with open_engine(cfg) as engine, Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
         result = exporter.run(
             dataset,
@@ -249,6 +254,7 @@ def export(
             out,
             force,
             step=lambda text: progress.update(task, description=text),
+            engine=engine,
         )
     s = result.summary
     verb = {"written": "wrote", "unchanged": "already written, same content:", "replaced": "replaced"}[result.status]

@@ -120,6 +120,8 @@ class SubscriptionConfig:
 class EngineConfig:
     kind: str = "local"
     scheduler_address: str = ""
+    workers: int = 2
+    partitions: int = 8
 
 
 @dataclass(frozen=True)

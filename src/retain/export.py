@@ -29,9 +29,9 @@ from pathlib import Path
 import pandas as pd
 
 from retain import contact, decisions, report, snapshot
-from retain import features as feature_builder
 from retain.config import Config
 from retain.dataset import Dataset
+from retain.engine import LocalEngine
 from retain.errors import RetainError
 from retain.scoring import REASONS_PER_MEMBER, Scorer
 
@@ -99,18 +99,19 @@ def run(
     out: Path,
     force: bool = False,
     step: Step = lambda message: None,
+    engine=None,
 ) -> ExportResult:
-    """Score, decide and write the export for `day` (already checked by `check_date`)."""
+    """Score, decide and write the export for `day` (already checked by `check_date`), with the features
+    and scores computed by `engine` (retain.engine; None: DuckDB in this process)."""
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     step("loading the champion models")
     scorer = Scorer.from_registry(registry, config)
-    step(f"building features as of {day.date()}")
-    features = feature_builder.build(dataset, day, config.data)
+    engine = engine or LocalEngine(config)
+    step(f"building features as of {day.date()} and scoring every member ({engine.kind} engine)")
+    features, scored = engine.score(dataset, day, scorer)
     if features.empty:
         raise RetainError(f"No member has a paid order before {day.date()}; there is nobody to score.")
-    step(f"scoring {len(features):,} members")
-    scored = scorer.score(features, day)
     step("applying contact rules and the budget")
     blocked = contact.blocked(dataset, day, scored["action"], config)
     scored["status"] = decisions.choose(scored, blocked, day, config)

@@ -56,10 +56,11 @@ def read_current(folder: Path) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
-def write_latest(dataset: Dataset, config: Config, registry) -> Path:
-    """Score every member as of the dataset's `observed_until` with the champions and write the snapshot."""
+def write_latest(dataset: Dataset, config: Config, registry, features: pd.DataFrame | None = None) -> Path:
+    """Score every member as of the dataset's `observed_until` with the champions and write the snapshot
+    (`features`: the features as of that day when the caller has them)."""
     scorer = Scorer.from_registry(registry, config)
     as_of = dataset.observed_until
-    features = feature_builder.build(dataset, as_of, config.data)
+    features = feature_builder.build(dataset, as_of, config.data) if features is None else features
     folder = Path(config.serving.snapshot_dir)
     return write(build(scorer, features, as_of), as_of, scorer.versions, dataset.fingerprint, folder)
