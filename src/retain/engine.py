@@ -89,7 +89,7 @@ class DaskEngine:
         try:
             if address:
                 self.cluster = None
-                self.client = Client(address, timeout="20s")
+                self.client = Client(address, timeout="10s")
             else:
                 self.cluster = LocalCluster(
                     n_workers=config.engine.workers,

@@ -1,0 +1,98 @@
+"""The local engine against a 2-worker Dask LocalCluster: features and the daily export at 250,000,
+500,000 and 1,000,000 members, on this machine (2 cores).
+
+Each run is `retain features` or `retain export` in its own process (`RETAIN_ENGINE_KIND=local|dask`),
+timed from start to exit (the Dask runs include starting the cluster) with the peak memory of the
+whole process tree (driver plus Dask workers, polled every 0.2 s). The shops are simulated once into
+data/bench_<n> (1,000,000 is data/bench_1m, shared with the other benchmarks); the export uses the
+demo's champions (`make demo` first). The Dask export's files are checked to be the local one's.
+
+Run: .venv/bin/python bench/bench_engine.py [--sizes 250000,500000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from retain.simulate import simulate_shop
+
+AS_OF = "2025-12-31"
+
+
+def dataset_for(members: int) -> Path:
+    path = Path("data/bench_1m" if members == 1_000_000 else f"data/bench_{members // 1000}k")
+    if not (path / "dataset.json").exists():
+        print(f"simulating {members:,} members into {path} (once)", flush=True)
+        simulate_shop(path, members, 730, seed=42)
+    return path
+
+
+def measure(command: list[str], env: dict) -> tuple[float, float]:
+    """Wall seconds and the peak RSS (GiB) of the process and all its children."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read()[-2000:]}")
+    return seconds, peak / 2**30
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="250000,500000,1000000")
+    args = parser.parse_args()
+    retain = [sys.executable, "-m", "retain.cli"]
+    rows = []
+    for members in (int(text) for text in args.sizes.split(",")):
+        data = dataset_for(members)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = {}
+            for kind in ("local", "dask"):
+                env = {**os.environ, "RETAIN_ENGINE_KIND": kind, "RETAIN_SERVING_SNAPSHOT_DIR": f"{tmp}/snap-{kind}"}
+                features = [
+                    *retain,
+                    "features",
+                    "--data",
+                    str(data),
+                    "--as-of",
+                    AS_OF,
+                    "--out",
+                    f"{tmp}/f-{kind}.parquet",
+                ]
+                f_seconds, f_gib = measure(features, env)
+                out[kind] = f"{tmp}/out-{kind}"
+                exporting = [*retain, "export", "--data", str(data), "--date", AS_OF, "--out", out[kind]]
+                e_seconds, e_gib = measure(exporting, env)
+                rows.append((members, kind, f_seconds, f_gib, e_seconds, e_gib))
+                print(
+                    f"{members:>9,} {kind:>5}: features {f_seconds:6.1f} s {f_gib:5.2f} GiB | "
+                    f"export {e_seconds:6.1f} s {e_gib:5.2f} GiB",
+                    flush=True,
+                )
+            same = [json.loads(Path(out[k], AS_OF, "MANIFEST.json").read_text())["at_risk.parquet"] for k in out]
+            print(f"{members:>9,} the Dask list is the local one: {same[0] == same[1]}", flush=True)
+    print("\nmembers | engine | features s | features GiB | export s | export GiB")
+    for members, kind, fs, fg, es, eg in rows:
+        print(f"{members:,} | {kind} | {fs:.1f} | {fg:.2f} | {es:.1f} | {eg:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
