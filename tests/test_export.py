@@ -197,3 +197,13 @@ def test_the_command_line_exit_codes(setup, exported, small_shop):
     assert changed.returncode == 3 and "--force" in changed.stderr and "Traceback" not in changed.stderr
     future = run_cli(env, "--date", "2031-01-01", "--data", str(small_shop.path), "--out", str(tmp / "cli"))
     assert future.returncode == 2 and "future" in future.stderr and not (tmp / "cli" / "2031-01-01").exists()
+
+
+def test_no_csv_leaves_only_the_csv_out(exported, small_shop):
+    result, config = exported
+    out = result.folder.parent.parent / "no-csv"
+    lean = export.run(small_shop, config, Registry(config.mlflow), DAY, out, csv=False)
+    assert not (lean.folder / "at_risk.csv").exists()
+    manifest = json.loads((lean.folder / export.MANIFEST).read_text())
+    assert "at_risk.csv" not in manifest
+    assert (lean.folder / "at_risk.parquet").read_bytes() == (result.folder / "at_risk.parquet").read_bytes()

@@ -224,6 +224,9 @@ def export(
     data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
     out: Annotated[Path, typer.Option(help="Folder the day's export folder is written into.")] = Path("exports"),
     force: Annotated[bool, typer.Option(help="Replace an export for the date whose content differs.")] = False,
+    csv: Annotated[
+        bool, typer.Option("--csv/--no-csv", help="Also write at_risk.csv (off for very large lists).")
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Score every member as of a day and write the at-risk list, summary and report to OUT/DATE/.
@@ -255,6 +258,7 @@ def export(
             force,
             step=lambda text: progress.update(task, description=text),
             engine=engine,
+            csv=csv,
         )
     s = result.summary
     verb = {"written": "wrote", "unchanged": "already written, same content:", "replaced": "replaced"}[result.status]
@@ -263,7 +267,8 @@ def export(
         f"{s['controls']:,} held out, budget used {s['budget_used']:,.2f} {s['currency']}, "
         f"expected value {s['expected_value_total']:,.2f} {s['currency']}"
     )
-    console.print(f"list: {result.folder / 'at_risk.csv'}   report: {result.folder / 'report.html'}")
+    listed = result.folder / ("at_risk.csv" if csv else "at_risk.parquet")
+    console.print(f"list: {listed}   report: {result.folder / 'report.html'}")
 
 
 @app.command()

@@ -100,6 +100,7 @@ def run(
     force: bool = False,
     step: Step = lambda message: None,
     engine=None,
+    csv: bool = True,
 ) -> ExportResult:
     """Score, decide and write the export for `day` (already checked by `check_date`), with the features
     and scores computed by `engine` (retain.engine; None: DuckDB in this process)."""
@@ -126,7 +127,7 @@ def run(
     temp = out / f"{TEMP_PREFIX}{final.name}.tmp-{os.getpid()}"
     temp.mkdir()
     try:
-        write_files(temp, tables, summary, report.html(tables, scored, summary, scorer, config))
+        write_files(temp, tables, summary, report.html(tables, scored, summary, scorer, config), csv=csv)
         status = commit(temp, final, force)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -187,10 +188,10 @@ def counts(values: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in sorted(values.value_counts().items())}
 
 
-def write_files(folder: Path, tables: dict, summary: dict, html: str) -> None:
+def write_files(folder: Path, tables: dict, summary: dict, html: str, csv: bool = True) -> None:
     tables["at_risk"].to_parquet(folder / "at_risk.parquet", index=False)
-    # UTF-8 with a byte-order mark, so that Excel opens the Chinese names correctly.
-    tables["at_risk"][LIST_COLUMNS].to_csv(folder / "at_risk.csv", index=False, encoding="utf-8-sig")
+    if csv:  # UTF-8 with a byte-order mark, so that Excel opens the Chinese names correctly
+        tables["at_risk"][LIST_COLUMNS].to_csv(folder / "at_risk.csv", index=False, encoding="utf-8-sig")
     tables["controls"].to_parquet(folder / "controls.parquet", index=False)
     tables["scores"].to_parquet(folder / "scores.parquet", index=False)
     (folder / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
