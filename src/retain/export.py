@@ -243,8 +243,3 @@ def running(pid: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def scores_frame(folder: Path) -> pd.DataFrame:
-    """An export's scores.parquet indexed by member_id (for checks and tests)."""
-    return pd.read_parquet(folder / "scores.parquet").set_index("member_id")

@@ -27,22 +27,12 @@ from retain import contract as c
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.features import connect, register_dataset
+from retain.models import LIGHTGBM_PARAMS
 
 COUPON_VALUE = "coupon_value"
-# Small trees and a slow rate: each arm has tens of thousands of rows at most and a weak signal.
-UPLIFT_PARAMS = {
-    "objective": "binary",
-    "learning_rate": 0.05,
-    "num_leaves": 7,
-    "min_child_samples": 200,
-    "max_bin": 63,
-    "feature_fraction": 0.8,
-    "bagging_fraction": 0.8,
-    "bagging_freq": 1,
-    "lambda_l2": 1.0,
-    "verbose": -1,
-    "num_threads": 2,
-}
+# The churn model's settings with smaller trees and a slower rate: each arm has tens of thousands of rows
+# at most and a weak signal.
+UPLIFT_PARAMS = {**LIGHTGBM_PARAMS, "learning_rate": 0.05, "num_leaves": 7}
 ROUNDS = 150
 
 
