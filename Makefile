@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bench bench-serve bench-policy bench-export
+.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bench bench-serve bench-policy bench-export bench-engine
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -81,3 +81,6 @@ bench-policy: setup ## The decision policy against three simple rules on the sim
 
 bench-export: setup ## The daily export of 1,000,000 members: time and memory (after make demo)
 	$(PY) bench/bench_export.py
+
+bench-engine: setup ## Features and export, local engine against a 2-worker Dask LocalCluster, at 250k/500k/1M members
+	$(PY) bench/bench_engine.py
