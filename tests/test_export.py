@@ -199,7 +199,7 @@ def test_the_command_line_exit_codes(setup, exported, small_shop):
     assert future.returncode == 2 and "future" in future.stderr and not (tmp / "cli" / "2031-01-01").exists()
 
 
-def test_no_csv_leaves_only_the_csv_out(exported, small_shop):
+def test_no_csv_leaves_the_csv_out(exported, small_shop):
     result, config = exported
     out = result.folder.parent.parent / "no-csv"
     lean = export.run(small_shop, config, Registry(config.mlflow), DAY, out, csv=False)
