@@ -121,9 +121,10 @@ def decide_arrays(
     """segment, action, offer_detail, expected_value, cost, uplift and value per member (no budget)."""
     n = len(churn)
     value = np.nan_to_num(value_model.value(summary))
-    matrix = np.column_stack([column(name) for name in uplift.feature_names]) if uplift.feature_names else None
-    features = matrix if matrix is not None else np.empty((n, 0))
-    coupon = coupon_offer(features, value, p_buy_in_window(repurchase, config), uplift, config)
+    matrix = (
+        np.column_stack([column(name) for name in uplift.feature_names]) if uplift.feature_names else np.empty((n, 0))
+    )
+    coupon = coupon_offer(matrix, value, p_buy_in_window(repurchase, config), uplift, config)
     winback_ev = np.where(churn >= config.winback.min_churn_risk, coupon["ev"], -np.inf)
 
     s = config.subscription
