@@ -180,7 +180,7 @@ def summarize(tables: dict, scored: pd.DataFrame, dataset: Dataset, config: Conf
         "budget": config.winback.daily_budget,
         "budget_used": round(float(at_risk["cost"].sum()), 2),
         "expected_value_total": round(float(at_risk["expected_value"].sum()), 2),
-        "currency": config.data.currency,
+        "currency": dataset.metadata.get("currency") or config.data.currency,  # the data's own (CDNOW: USD)
     }
 
 

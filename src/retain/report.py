@@ -107,7 +107,7 @@ def calibration(tags: dict[str, dict[str, str]]) -> plt.Figure:
 
 def html(tables: dict, scored: pd.DataFrame, summary: dict, scorer, config: Config) -> str:
     at_risk = tables["at_risk"]
-    currency = config.data.currency
+    currency = summary["currency"]
     facts = [
         ("as of", summary["as_of"]),
         ("members scored", f"{summary['members_scored']:,}"),
