@@ -104,8 +104,8 @@ class DaskEngine:
         self.partitions = partitions or config.engine.partitions
 
     def _tables(self, dataset: Dataset, as_of: pd.Timestamp) -> dict:
-        """Each present table as a Dask DataFrame of the rows dated before `as_of`, shuffled so that
-        partition i of every table holds the members with hash(member_id) mod n = i's group."""
+        """Each present table as a Dask DataFrame of the rows dated before `as_of`, tagged with
+        hash(member_id) mod n and shuffled on the tag: every table puts a member in the same partition."""
         import dask.dataframe as dd
 
         n = self.partitions
