@@ -57,11 +57,10 @@ def run_step(step: str, path: Path, as_of: pd.Timestamp) -> dict:
         con = features.connect()
         rows = len(con.sql(sql.format(path=path, as_of=as_of)).df())
     elif step == "core":
-        con = features.connect()
-        features.register_dataset(con, dataset)
-        features.prepare(con, as_of)
-        core = features.aggregates_query("paid", [features.read_sql("core")])
-        rows = len(con.sql(features.bind(core, features.sql_params(as_of))).df())
+        with features.dataset_connection(dataset) as (con, _):
+            features.prepare(con, as_of)
+            core = features.aggregates_query("paid", [features.read_sql("core")])
+            rows = len(con.sql(features.bind(core, features.sql_params(as_of))).df())
     else:
         rows = len(features.build(dataset, as_of, config.data))
     seconds = time.perf_counter() - started

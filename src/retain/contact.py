@@ -17,7 +17,7 @@ from retain import contract as c
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.decisions import WINBACK
-from retain.features import connect, register_dataset
+from retain.features import dataset_connection
 
 COOLDOWN, FREQUENCY_CAP, SUPPRESSED = "cooldown", "frequency_cap", "suppressed"
 
@@ -27,9 +27,7 @@ def blocked(dataset: Dataset, as_of: pd.Timestamp, actions: pd.Series, config: C
     empty where none does; `actions` is the unbudgeted action per member (index member_id)."""
     as_of = pd.Timestamp(as_of)
     reason = pd.Series("", index=actions.index, dtype=object)
-    con = connect()
-    try:
-        tables = register_dataset(con, dataset)
+    with dataset_connection(dataset) as (con, tables):
         if "offers" in tables:
             recent = (
                 con.execute(
@@ -67,6 +65,4 @@ def blocked(dataset: Dataset, as_of: pd.Timestamp, actions: pd.Series, config: C
             suppressed = suppressed.reindex(actions.index)  # a hash join: isin on text ids is far slower
             found = suppressed.notna().to_numpy()
             reason[found] = (SUPPRESSED + ":" + suppressed[found]).to_numpy()
-    finally:
-        con.close()
     return reason

@@ -14,7 +14,7 @@ import pandas as pd
 from retain import contract as c
 from retain.dataset import Dataset
 from retain.errors import RetainError
-from retain.features import connect, prepare, register_dataset
+from retain.features import dataset_connection, prepare
 
 TASKS = ("churn", "repurchase")
 
@@ -37,9 +37,7 @@ def build(dataset: Dataset, as_of: pd.Timestamp, task: str, horizon_days: int) -
     check_window(dataset, as_of, horizon_days)
     as_of = pd.Timestamp(as_of)
     end = as_of + pd.Timedelta(days=horizon_days)
-    con = connect()
-    try:
-        register_dataset(con, dataset)
+    with dataset_connection(dataset) as (con, _):
         prepare(con, as_of)
         frame = con.execute(
             """
@@ -53,8 +51,6 @@ def build(dataset: Dataset, as_of: pd.Timestamp, task: str, horizon_days: int) -
             """,
             [as_of.to_pydatetime(), end.to_pydatetime()],
         ).df()
-    finally:
-        con.close()
     bought = frame.set_index(c.MEMBER_ID)["bought"].astype(bool)
     label = ~bought if task == "churn" else bought
     return label.astype("int8").rename(task)

@@ -26,7 +26,7 @@ from scipy import special
 from retain import contract as c
 from retain.config import Config
 from retain.dataset import Dataset
-from retain.features import connect, register_dataset
+from retain.features import dataset_connection
 from retain.models import LIGHTGBM_PARAMS
 
 COUPON_VALUE = "coupon_value"
@@ -102,9 +102,7 @@ def offer_outcomes(dataset: Dataset, since: pd.Timestamp, until: pd.Timestamp, r
     within `response_days` of sending) and `redeemed`. Columns member_id, sent_day, treated, value."""
     if not dataset.has("offers"):
         return pd.DataFrame(columns=[c.MEMBER_ID, "sent_day", c.TREATED, c.VALUE, "bought", "redeemed"])
-    con = connect()
-    try:
-        register_dataset(con, dataset)
+    with dataset_connection(dataset) as (con, _):
         return con.execute(
             f"""
             WITH sent AS (
@@ -126,8 +124,6 @@ def offer_outcomes(dataset: Dataset, since: pd.Timestamp, until: pd.Timestamp, r
             """,
             [pd.Timestamp(since).to_pydatetime(), pd.Timestamp(until).to_pydatetime()],
         ).df()
-    finally:
-        con.close()
 
 
 def training_frame(

@@ -11,6 +11,8 @@ in a DuckDB connection (Parquet views locally, a partition's frames on Dask).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from importlib import resources
 
 import duckdb
@@ -87,14 +89,23 @@ def contract_select(table: str, source: str, columns: set[str]) -> str:
     return f"SELECT {', '.join(parts)} FROM {source}"
 
 
-def build(dataset: Dataset, as_of: pd.Timestamp, data_config: DataConfig, threads: int | None = None) -> pd.DataFrame:
-    """Features of every member with a paid order before `as_of` (index `member_id`, sorted)."""
+@contextlib.contextmanager
+def dataset_connection(
+    dataset: Dataset, threads: int | None = None
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, set[str]]]:
+    """A DuckDB connection with a view per present table of `dataset`, and those tables' names; closed
+    on leaving."""
     con = connect(threads)
     try:
-        tables = register_dataset(con, dataset)
-        return compute(con, as_of, data_config, tables)
+        yield con, register_dataset(con, dataset)
     finally:
         con.close()
+
+
+def build(dataset: Dataset, as_of: pd.Timestamp, data_config: DataConfig, threads: int | None = None) -> pd.DataFrame:
+    """Features of every member with a paid order before `as_of` (index `member_id`, sorted)."""
+    with dataset_connection(dataset, threads) as (con, tables):
+        return compute(con, as_of, data_config, tables)
 
 
 def compute(
