@@ -30,7 +30,7 @@ import pandas as pd
 
 from retain import contact, decisions, report, snapshot
 from retain.config import Config
-from retain.dataset import Dataset
+from retain.dataset import Dataset, process_alive, replace_folder
 from retain.engine import LocalEngine
 from retain.errors import RetainError
 from retain.scoring import REASONS_PER_MEMBER, Scorer
@@ -217,10 +217,7 @@ def commit(temp: Path, final: Path, force: bool) -> str:
             f"{final} already holds an export with different content (other data, models or settings); "
             "rerun with --force to replace it."
         )
-    old = final.with_name(f"{TEMP_PREFIX}{final.name}.old-{os.getpid()}")
-    final.rename(old)
-    temp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(temp, final)
     return "replaced"
 
 
@@ -229,17 +226,6 @@ def remove_leftovers(out: Path) -> None:
     left by a process that is no longer running (a run in progress keeps its own)."""
     for path in out.glob(f"{TEMP_PREFIX}*"):
         _, _, pid = path.name.rpartition("-")
-        if path.is_dir() and (".tmp-" in path.name or ".old-" in path.name) and not running(pid):
+        in_progress = pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))
+        if path.is_dir() and (".tmp-" in path.name or ".old-" in path.name) and not in_progress:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def running(pid: str) -> bool:
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -16,6 +16,7 @@ import pandas as pd
 
 from retain import api, snapshot
 from retain.config import Config
+from retain.dataset import process_alive
 from retain.scoring import Scorer
 
 GENERATION_FILE = "GENERATION"
@@ -134,12 +135,10 @@ class WorkerRegistry:
         workers = []
         for path in sorted(self.folder.glob("*.json")):
             try:
-                os.kill(int(path.stem), 0)  # is that worker still running?
-                workers.append(json.loads(path.read_text(encoding="utf-8")))
-            except (ProcessLookupError, ValueError, json.JSONDecodeError, FileNotFoundError):
+                if process_alive(int(path.stem)):  # is that worker still running?
+                    workers.append(json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, json.JSONDecodeError, FileNotFoundError):
                 continue
-            except PermissionError:  # running, under another user
-                workers.append(json.loads(path.read_text(encoding="utf-8")))
         return workers
 
 
