@@ -161,6 +161,13 @@ def holdout_draw(member_ids: pd.Index, as_of: pd.Timestamp) -> np.ndarray:
     return hashed.to_numpy(dtype=np.uint64) / np.float64(2**64)
 
 
+def ranked(expected_value: np.ndarray, cost: np.ndarray, member_ids: np.ndarray) -> np.ndarray:
+    """Positions in the order the budget takes members: expected value per unit cost, highest first,
+    ties by member_id."""
+    ratio = expected_value / np.maximum(cost, 1e-9)
+    return np.lexsort((member_ids, -ratio))
+
+
 def choose(scored: pd.DataFrame, blocked: pd.Series, as_of: pd.Timestamp, config: Config) -> pd.Series:
     """Status per member: contact, control (held out), over_budget, no_action, or the contact rule that
     blocks the member (`blocked`: empty where none). Members are ranked by expected value per unit cost
@@ -171,8 +178,7 @@ def choose(scored: pd.DataFrame, blocked: pd.Series, as_of: pd.Timestamp, config
     status = np.where(blocked.to_numpy() != "", blocked.to_numpy(), NO_ACTION).astype(object)
     status[(scored["action"].to_numpy() == NONE) | (ev <= 0)] = NO_ACTION
     rows = np.flatnonzero(candidate)
-    ratio = ev[rows] / np.maximum(cost[rows], 1e-9)
-    rows = rows[np.lexsort((scored.index.to_numpy()[rows], -ratio))]
+    rows = rows[ranked(ev[rows], cost[rows], scored.index.to_numpy()[rows])]
     held_out = holdout_draw(scored.index[rows], as_of) < config.decisions.holdout_share
     spent = np.cumsum(np.where(held_out, 0.0, cost[rows]))
     over = spent > config.winback.daily_budget

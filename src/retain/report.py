@@ -78,8 +78,8 @@ def value_against_budget(scored: pd.DataFrame, budget: float, currency: str) -> 
     """Cumulative expected value against cumulative cost, members in the policy's order: what a larger
     or smaller budget would buy (contact rules and the control group left out)."""
     worth = scored[(scored["action"] != decisions.NONE) & (scored["expected_value"] > 0)]
-    ratio = worth["expected_value"] / worth["cost"].clip(lower=1e-9)
-    ordered = worth.assign(ratio=ratio).sort_values("ratio", ascending=False, kind="stable")
+    ev, cost = worth["expected_value"].to_numpy(), worth["cost"].to_numpy()
+    ordered = worth.iloc[decisions.ranked(ev, cost, worth.index.to_numpy())]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(ordered["cost"].cumsum(), ordered["expected_value"].cumsum(), color="#c44e52")
     ax.axvline(budget, color="grey", linestyle=":", label=f"daily budget {budget:,.0f}")
