@@ -85,9 +85,9 @@ def main() -> int:
     matrix = np.column_stack([decisions.columns_of(features)(n) for n in scorer.uplift.feature_names])
     model_cost = {}
     p_buy = decisions.p_buy_in_window(scored["repurchase_prob"].to_numpy(), config)
-    for label, value in tiers.items():
-        p_redeem = scorer.uplift.p_redeem(p_buy, scorer.uplift.predict_matrix(matrix, value))
-        model_cost[label] = pd.Series(config.winback.send_cost + p_redeem * value, index=members)
+    uplifts = scorer.uplift.predict_tiers(matrix, list(tiers.values()))
+    for (label, value), uplift in zip(tiers.items(), uplifts, strict=True):
+        model_cost[label] = pd.Series(decisions.coupon_cost(scorer.uplift, p_buy, uplift, value, config), index=members)
 
     budget = config.winback.daily_budget
     status = decisions.choose(scored, pd.Series("", index=members), as_of, config)

@@ -91,17 +91,23 @@ def p_buy_in_window(repurchase: np.ndarray, config: Config) -> np.ndarray:
     return 1.0 - np.power(np.clip(1.0 - repurchase, 0.0, 1.0), ratio)
 
 
+def coupon_cost(
+    model: uplift_model.UpliftModel, p_buy: np.ndarray, uplift: np.ndarray, coupon_value: float, config: Config
+) -> np.ndarray:
+    """The expected cost of sending a coupon: the send cost plus the discount of those who redeem it."""
+    return config.winback.send_cost + model.p_redeem(p_buy, uplift) * coupon_value
+
+
 def coupon_offer(
     matrix: np.ndarray, value: np.ndarray, p_buy: np.ndarray, model: uplift_model.UpliftModel, config: Config
 ) -> dict[str, np.ndarray]:
     """The best coupon tier per member: its expected value, cost, uplift and tier index. `p_buy` is each
     member's P(buy in the coupon's window) without one: those members redeem a coupon they did not need."""
-    w = config.winback
     n = len(value)
     best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
-    values = list(w.coupon_tiers.values())
+    values = list(config.winback.coupon_tiers.values())
     for k, (coupon_value, uplift) in enumerate(zip(values, model.predict_tiers(matrix, values), strict=True)):
-        cost = w.send_cost + model.p_redeem(p_buy, uplift) * coupon_value
+        cost = coupon_cost(model, p_buy, uplift, coupon_value, config)
         ev = uplift * value - cost
         better = ev > best["ev"]
         for key, new in (("ev", ev), ("cost", cost), ("uplift", uplift), ("tier", k)):
