@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +32,6 @@ class ServingState:
     feature_names: list[str]
     records: dict[str, str]  # member_id -> the member's score as a JSON object, ready to send
     generation: int
-    metrics: dict = field(default_factory=dict)
     # Members whose snapshot row has no precomputed reasons (the daily export explains only its list):
     # their reasons are computed on their first request, then kept in `records`.
     pending: pd.DataFrame | None = None
@@ -52,7 +51,6 @@ class ServingState:
             features,
             encode(frame[explained]),
             generation,
-            scorer.tags or {},
             pending=frame[~explained].drop(columns=[c for c in frame.columns if c.startswith("reason_")]),
         )
 
@@ -103,7 +101,7 @@ class ServingState:
                     },
                     "dataset_fingerprint": tags.get("retain.dataset_fingerprint"),
                 }
-                for task, tags in self.metrics.items()
+                for task, tags in (self.scorer.tags or {}).items()
             },
             "snapshot_model_versions": self.model_versions,
         }
