@@ -10,10 +10,15 @@ METRICS = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_at_10pct")
 EPSILON = 1e-6
 
 
+def probability_bins(p: np.ndarray, bins: int = 10) -> np.ndarray:
+    """The equal-width probability bin of each prediction, 0 to bins - 1 (1.0 falls in the last)."""
+    return np.minimum((np.asarray(p, dtype=float) * bins).astype(int), bins - 1)
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Mean |observed rate - mean prediction| over 10 equal-width probability bins, weighted by size."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    index = np.minimum((p * bins).astype(int), bins - 1)
+    index = probability_bins(p, bins)
     total = 0.0
     for b in range(bins):
         mask = index == b
@@ -86,7 +91,7 @@ def qini_coefficient(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> 
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[list[float]]:
     """[mean prediction, observed rate, members] per non-empty equal-width probability bin."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    index = np.minimum((p * bins).astype(int), bins - 1)
+    index = probability_bins(p, bins)
     return [
         [round(float(p[index == b].mean()), 6), round(float(y[index == b].mean()), 6), int((index == b).sum())]
         for b in range(bins)

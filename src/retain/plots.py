@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from retain.evaluation import probability_bins, qini_coefficient, qini_curve  # noqa: E402
 from retain.models import TaskModel  # noqa: E402
 
 BINS = 10
@@ -23,7 +24,7 @@ def calibration(y: np.ndarray, scores: dict[str, np.ndarray], title: str) -> plt
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     for name, p in scores.items():
         frame = pd.DataFrame({"p": p, "y": y})
-        frame["bin"] = np.minimum((frame["p"] * BINS).astype(int), BINS - 1)
+        frame["bin"] = probability_bins(frame["p"].to_numpy(), BINS)
         by_bin = frame.groupby("bin").mean()
         ax.plot(by_bin["p"], by_bin["y"], marker="o", label=name)
     ax.set(xlabel="predicted probability", ylabel="observed rate", title=title, xlim=(0, 1), ylim=(0, 1))
@@ -74,8 +75,6 @@ def feature_importance(model: TaskModel, top: int = 20) -> plt.Figure:
 
 def qini(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, title: str) -> plt.Figure:
     """Incremental buyers against members targeted by predicted uplift, with random targeting."""
-    from retain.evaluation import qini_coefficient, qini_curve
-
     x, curve = qini_curve(y, treated, uplift)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot(x, curve, label=f"model (Qini coefficient {qini_coefficient(y, treated, uplift):.3f})")
