@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from retain import backtest, btyd, plots, promotion, snapshot
+from retain import backtest, plots, promotion, snapshot
 from retain import uplift as uplift_models
 from retain.config import Config, load_config
 from retain.dataset import Dataset, open_dataset
@@ -192,7 +192,7 @@ def train_value(registry: Registry, snapshots: backtest.Snapshots) -> None:
     dataset, config = snapshots.dataset, snapshots.config
     features = snapshots.base_features(dataset.observed_until)
     model = fit_value_model(features, config.decisions.value_horizon_days, config.decisions.margin_rate)
-    values = model.value(btyd.summary_arrays(*(features[n].to_numpy(dtype=float) for n in btyd.SUMMARY_INPUTS)))
+    values = model.predict_frame(features)["value"].to_numpy()
     with registry.run("value", run_name=f"value-{dataset.observed_until.date()}") as run_id:
         registry.log_params(
             {

@@ -58,9 +58,7 @@ def partition_features(frames: dict[str, pd.DataFrame], as_of: pd.Timestamp, dat
     try:
         for table, frame in frames.items():
             con.register(f"{table}_partition", frame.drop(columns=PART, errors="ignore"))
-            columns = set(frame.columns)
-            select = feature_builder.contract_select(table, f"{table}_partition", columns)
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {select}")
+            feature_builder.contract_view(con, table, f"{table}_partition", set(frame.columns))
         if frames["orders"].empty:
             return pd.DataFrame(index=pd.Index([], name=c.MEMBER_ID))
         return feature_builder.compute(con, as_of, data_config, set(frames))

@@ -76,8 +76,13 @@ def register_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> set[st
     for table in tables:
         source = f"read_parquet({quote(str(dataset.table_path(table)))})"
         columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {contract_select(table, source, columns)}")
+        contract_view(con, table, source, columns)
     return tables
+
+
+def contract_view(con: duckdb.DuckDBPyConnection, table: str, source: str, columns: set[str]) -> None:
+    """Create the view `table` over `source` (a Parquet scan, a registered frame) with the contract's columns."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {contract_select(table, source, columns)}")
 
 
 def contract_select(table: str, source: str, columns: set[str]) -> str:
