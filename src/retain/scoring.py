@@ -105,13 +105,14 @@ class Scorer:
         names = np.asarray(self.churn.feature_names)
         rows = np.arange(len(frame))[:, None]
         inputs = frame.reindex(columns=self.churn.feature_names).to_numpy(dtype=np.float64, na_value=np.nan)
+        language, categories = self.config.decisions.language, self.config.data.categories
         out = {}
         for k in range(REASONS_PER_MEMBER):
-            out[f"reason_{k + 1}_feature"] = names[top[:, k]]
-            out[f"reason_{k + 1}_value"] = inputs[rows[:, 0], top[:, k]]
-            out[f"reason_{k + 1}_direction"] = np.where(values[rows[:, 0], top[:, k]] > 0, "raises", "lowers")
-        language, categories = self.config.decisions.language, self.config.data.categories
-        for k in range(1, REASONS_PER_MEMBER + 1):
-            parts = zip(out[f"reason_{k}_feature"], out[f"reason_{k}_value"], out[f"reason_{k}_direction"], strict=True)
-            out[f"reason_{k}"] = [reason_text.describe(f, v, d, language, categories) for f, v, d in parts]
+            feature = names[top[:, k]]
+            value = inputs[rows[:, 0], top[:, k]]
+            direction = np.where(values[rows[:, 0], top[:, k]] > 0, "raises", "lowers")
+            out[f"reason_{k + 1}_feature"], out[f"reason_{k + 1}_value"] = feature, value
+            out[f"reason_{k + 1}_direction"] = direction
+            parts = zip(feature, value, direction, strict=True)
+            out[f"reason_{k + 1}"] = [reason_text.describe(f, v, d, language, categories) for f, v, d in parts]
         return pd.DataFrame(out, index=frame.index)
