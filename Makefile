@@ -56,7 +56,7 @@ serve: setup ## Serve the champions over HTTP on 127.0.0.1:3000 (needs RETAIN_AP
 	$(RETAIN) serve
 
 data/cdnow/dataset.json: | setup
-	$(RETAIN) ingest --orders ../shared/data/cdnow/CDNOW_master.txt --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
+	$(RETAIN) ingest --orders examples/cdnow/CDNOW_master.txt --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
 
 backtest-cdnow: setup data/cdnow/dataset.json ## Backtest on the real CDNOW log (classic split and later cutoffs)
 	$(RETAIN) backtest --data data/cdnow --task repurchase --cutoffs 1997-10-01 --repurchase-horizon 273 --json bench/out/cdnow_273.json

@@ -12,9 +12,9 @@ from retain.config import Config, load_config
 from retain.dataset import Dataset, open_dataset, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-CDNOW_MASTER = SHARED / "data" / "cdnow" / "CDNOW_master.txt"
-CDNOW_SAMPLE = SHARED / "data" / "cdnow" / "CDNOW_sample.txt"
+CDNOW = ROOT / "examples" / "cdnow"  # the public CDNOW log, shipped with the repository
+CDNOW_MASTER = CDNOW / "CDNOW_master.txt"
+CDNOW_SAMPLE = CDNOW / "CDNOW_sample.txt"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

@@ -113,7 +113,7 @@ def ingest(
 ) -> None:
     """Validate a shop's files into a canonical dataset; bad rows go to quarantine/ with a reason.
 
-    Example: retain ingest --orders ../shared/data/cdnow/CDNOW_master.txt
+    Example: retain ingest --orders examples/cdnow/CDNOW_master.txt
     --mapping examples/cdnow_mapping.toml --currency USD --out data/cdnow
     """
     from retain.ingest import IngestRejected
