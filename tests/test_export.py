@@ -6,14 +6,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import ROOT
 
-from retain import decisions, export
+from retain import decisions, export, files, snapshot
+from retain.dataset import write_dataset
 from retain.errors import RetainError
 from retain.registry import Registry
 
@@ -113,7 +116,7 @@ def test_different_content_needs_force(exported, small_shop):
     assert json.loads((out / "2025-01-20" / "summary.json").read_text())["budget"] == config.winback.daily_budget
     replaced = export.run(small_shop, smaller, Registry(config.mlflow), DAY, out, force=True)
     assert replaced.status == "replaced" and replaced.summary["budget_used"] <= 500.0
-    assert [p.name for p in out.iterdir()] == ["2025-01-20"]
+    assert {p.name for p in out.iterdir()} == {"2025-01-20", export.LOCK_FILE}
 
 
 def test_a_crash_leaves_no_folder_for_the_date_and_the_next_run_cleans_up(exported, small_shop, monkeypatch):
@@ -131,7 +134,7 @@ def test_a_crash_leaves_no_folder_for_the_date_and_the_next_run_cleans_up(export
         patch.setattr(export.report, "html", crash)
         with pytest.raises(OSError):
             export.run(small_shop, config, Registry(config.mlflow), DAY, out)
-    assert list(out.iterdir()) == []  # no folder for the date, and the old leftover is gone too
+    assert [p.name for p in out.iterdir()] == [export.LOCK_FILE]  # no folder for the date, no leftover
     assert export.run(small_shop, config, Registry(config.mlflow), DAY, out).status == "written"
 
 
@@ -207,3 +210,128 @@ def test_no_csv_leaves_the_csv_out(exported, small_shop):
     manifest = json.loads((lean.folder / export.MANIFEST).read_text())
     assert "at_risk.csv" not in manifest
     assert (lean.folder / "at_risk.parquet").read_bytes() == (result.folder / "at_risk.parquet").read_bytes()
+
+
+# --- nothing a user owns is lost or exposed (through the command line) -------------------------------
+
+
+def export_cli(env: dict, data, out, *args: str) -> subprocess.CompletedProcess:
+    return run_cli(env, "--data", str(data), "--out", str(out), *args)
+
+
+def test_a_back_dated_export_does_not_move_the_live_service_back(setup, small_shop, tmp_path):
+    _, env, _ = setup
+    env = {**env, "RETAIN_SERVING_SNAPSHOT_DIR": str(tmp_path / "snap")}
+    latest = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20")
+    assert latest.returncode == 0 and snapshot.served_as_of(tmp_path / "snap") == DAY
+    older = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-10")
+    assert older.returncode == 0 and "keeps serving 2025-01-20" in older.stdout
+    assert (tmp_path / "snap" / "2025-01-10.parquet").exists()
+    assert snapshot.served_as_of(tmp_path / "snap") == DAY  # the service still answers for the later day
+    chosen = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-10", "--serve")
+    assert chosen.returncode == 0 and snapshot.served_as_of(tmp_path / "snap") == pd.Timestamp("2025-01-10")
+
+
+def test_a_damaged_export_is_refused_and_force_rewrites_it(setup, exported, small_shop, tmp_path):
+    config, env, _ = setup
+    good = exported[0].folder
+    export.run(small_shop, config, Registry(config.mlflow), DAY, tmp_path / "out")
+    folder = tmp_path / "out" / "2025-01-20"
+    at_risk = pd.read_parquet(folder / "at_risk.parquet")
+    at_risk.head(len(at_risk) // 2).to_parquet(folder / "at_risk.parquet", index=False)  # half the rows
+    (folder / "at_risk.csv").write_text("member_id\nm1\n", encoding="utf-8")  # a two-line CSV
+    assert export.damaged_files(folder) == ["at_risk.csv", "at_risk.parquet"]
+    rerun = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20")
+    assert rerun.returncode == 3 and "do not match" in rerun.stderr and "at_risk.csv" in rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    forced = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20", "--force")
+    assert forced.returncode == 0 and "replaced" in forced.stdout
+    assert export.damaged_files(folder) == []
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {p.name: p.read_bytes() for p in good.iterdir()}
+    again = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20", "--force")
+    assert again.returncode == 0 and "replaced" in again.stdout  # --force always rewrites
+
+
+def test_force_never_replaces_a_folder_retain_did_not_write(setup, small_shop, tmp_path):
+    _, env, _ = setup
+    mine = tmp_path / "out" / "2025-01-20"
+    mine.mkdir(parents=True)
+    (mine / "plan.xlsx").write_text("mine", encoding="utf-8")
+    result = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20", "--force")
+    assert result.returncode == 2 and "is not a retain export" in result.stderr
+    assert [p.name for p in mine.iterdir()] == ["plan.xlsx"]
+
+
+def test_a_second_export_into_the_same_folder_is_refused_while_one_runs(setup, small_shop, tmp_path):
+    _, env, _ = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    with files.exclusive_lock(out / export.LOCK_FILE, "held by the test"):  # as a running export holds it
+        result = export_cli(env, small_shop.path, out, "--date", "2025-01-20")
+    assert result.returncode == 3 and "Another `retain export` is writing into" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "2025-01-20").exists()
+
+
+def test_leftovers_are_removed_under_the_lock_whatever_host_left_them(exported, small_shop, tmp_path):
+    result, config = exported
+    out = tmp_path / "out"
+    out.mkdir()
+    other_host = out / f".2025-01-20.tmp-otherhost-{os.getpid()}-0a1b2c3d"  # its pid is alive *here*
+    other_host.mkdir()
+    users = out / ".config"  # a dot folder of the user's is not a leftover
+    users.mkdir()
+    written = export.run(small_shop, config, Registry(config.mlflow), DAY, out)
+    assert written.status == "written" and not other_host.exists() and users.exists()
+
+
+def test_files_are_flushed_to_disk_before_they_are_renamed_into_place(exported, small_shop, tmp_path, monkeypatch):
+    result, config = exported
+    flushed = []
+    real = files.fsync_path
+    monkeypatch.setattr(files, "fsync_path", lambda path: flushed.append(Path(path).name) or real(path))
+    export.run(small_shop, config, Registry(config.mlflow), DAY, tmp_path / "out")
+    written = {p.name for p in (tmp_path / "out" / "2025-01-20").iterdir()}
+    assert written <= set(flushed)  # every file, while still in the temporary folder
+    assert any(name.startswith(".2025-01-20.parquet.tmp-") for name in flushed)  # the snapshot, too
+    assert any(name.startswith(".CURRENT.tmp-") for name in flushed)
+
+
+def test_spreadsheet_formulas_in_member_ids_are_neutralised_in_the_csv_only(setup, small_shop, tmp_path):
+    _, env, _ = setup
+    prefixes = ["=HYPERLINK(1)+", "+", "-", "@", "\t", "\r"]
+
+    def hostile(member_id: str) -> str:
+        return prefixes[int(member_id[-1]) % len(prefixes)] + member_id
+
+    tables = {}
+    for table in ("orders", "members", "events", "offers", "subscriptions", "suppressions"):
+        if small_shop.has(table):
+            frame = small_shop.read(table)
+            tables[table] = frame.assign(member_id=frame["member_id"].map(hostile))
+    write_dataset(tmp_path / "hostile", tables, small_shop.observed_until, "CNY")
+    result = export_cli(env, tmp_path / "hostile", tmp_path / "out", "--date", "2025-01-20")
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "out" / "2025-01-20"
+    raw = pd.read_parquet(folder / "at_risk.parquet")["member_id"]
+    cells = pd.read_csv(folder / "at_risk.csv", encoding="utf-8-sig", dtype=str, keep_default_na=False)["member_id"]
+    assert raw.str.startswith(tuple(prefixes)).all() and len(raw) > 20
+    assert cells.tolist() == ("'" + raw).tolist()  # shown as text in a spreadsheet, never run
+    assert export.spreadsheet_safe(pd.DataFrame({"x": ["ok", "=1+1", "-2"], "n": [-1.0, 2.0, 3.0]})).equals(
+        pd.DataFrame({"x": ["ok", "'=1+1", "'-2"], "n": [-1.0, 2.0, 3.0]})
+    )
+
+
+@pytest.mark.parametrize(("file_mode", "folder_mode"), [(None, 0o750), ("0600", 0o700)])
+def test_member_data_is_readable_by_the_owner_and_group_only(setup, small_shop, tmp_path, file_mode, folder_mode):
+    _, env, _ = setup
+    env = {**env, "RETAIN_SERVING_SNAPSHOT_DIR": str(tmp_path / "snap")}
+    if file_mode:
+        env["RETAIN_EXPORT_FILE_MODE"] = file_mode
+    result = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20")
+    assert result.returncode == 0, result.stderr
+    expected = int(file_mode or "0640", 8)
+    folder = tmp_path / "out" / "2025-01-20"
+    for path in (tmp_path / "out", folder, tmp_path / "snap"):
+        assert stat.S_IMODE(path.stat().st_mode) == folder_mode, path
+    for path in [*folder.iterdir(), tmp_path / "snap" / "2025-01-20.parquet", tmp_path / "snap" / "CURRENT"]:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

@@ -133,3 +133,40 @@ def test_the_cli_prints_one_sentence_and_exits_2_on_bad_input(tmp_path):
     assert "line 3: bad_date" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: 50.0% of the orders rows are bad")
     assert not (tmp_path / "out").exists()
+
+
+def ingest_cli(tmp_path, out) -> subprocess.CompletedProcess:
+    orders = write(tmp_path, HEADER + "o1,m1,2025-01-02,10,食品,paid\n")
+    command = [sys.executable, "-m", "retain.cli", "ingest", "--orders", str(orders), "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_ingest_never_replaces_a_folder_it_did_not_write(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine", encoding="utf-8")
+    result = ingest_cli(tmp_path, project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a retain dataset" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (project / "notes.txt").read_text(encoding="utf-8") == "mine" and (project / "src").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.csv", "project"]  # no temp folder left
+
+
+def test_ingest_refuses_a_symbolic_link_and_leaves_its_target(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "dataset.json").write_text("{}", encoding="utf-8")  # even one that looks like a dataset
+    (target / "keep.txt").write_text("keep", encoding="utf-8")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    result = ingest_cli(tmp_path, link)
+    assert result.returncode == 2 and "symbolic link" in result.stderr
+    assert link.is_symlink() and (target / "keep.txt").read_text(encoding="utf-8") == "keep"
+
+
+def test_ingest_replaces_its_own_dataset_and_fills_an_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ingest_cli(tmp_path, empty).returncode == 0 and (empty / "dataset.json").exists()
+    again = ingest_cli(tmp_path, empty)  # now a retain dataset: replaced
+    assert again.returncode == 0 and (empty / "orders.parquet").exists()

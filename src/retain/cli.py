@@ -227,12 +227,16 @@ def export(
     csv: Annotated[
         bool, typer.Option("--csv/--no-csv", help="Also write at_risk.csv (off for very large lists).")
     ] = True,
+    serve: Annotated[
+        bool, typer.Option(help="Make the service serve this day even if it serves a later one (after /reload).")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Score every member as of a day and write the at-risk list, summary and report to OUT/DATE/.
 
     Exit codes: 0 written (or already written with the same content); 2 bad usage or input;
-    3 an export for the date with different content exists and --force was not given.
+    3 an export for the date with different or damaged content exists and --force was not given,
+    or another export is writing into OUT right now.
 
     Example: retain export --date 2025-12-31 --data data/demo
     """
@@ -259,6 +263,7 @@ def export(
             step=lambda text: progress.update(task, description=text),
             engine=engine,
             csv=csv,
+            serve=serve,
         )
     s = result.summary
     verb = {"written": "wrote", "unchanged": "already written, same content:", "replaced": "replaced"}[result.status]
@@ -269,6 +274,11 @@ def export(
     )
     listed = result.folder / ("at_risk.csv" if csv else "at_risk.parquet")
     console.print(f"list: {listed}   report: {result.folder / 'report.html'}")
+    if result.served_as_of is not None and result.served_as_of != day:
+        console.print(
+            f"the service keeps serving {result.served_as_of.date()} (later than {day.date()}); "
+            "pass --serve to serve this day instead"
+        )
 
 
 @app.command()

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retain import files
 from retain.errors import RetainError
 
 DEFAULT_CONFIG_PATH = Path("retain.toml")
@@ -125,6 +126,18 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    file_mode: str = "0640"  # member data: owner reads and writes, group reads; folders get 0750
+
+    def __post_init__(self) -> None:
+        files.parse_mode(self.file_mode, "export.file_mode")
+
+    @property
+    def mode(self) -> int:
+        return files.parse_mode(self.file_mode, "export.file_mode")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -136,6 +149,7 @@ class Config:
     winback: WinbackConfig = field(default_factory=WinbackConfig)
     subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def api_token(self) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from retain import contract
+from retain import contract, files
 from retain.errors import RetainError
 
 METADATA_FILE = "dataset.json"
@@ -107,35 +106,20 @@ def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on error it vanishes."""
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on error it vanishes.
+
+    `out` must be absent, empty or a retain dataset (it holds `dataset.json`): a folder of the user's
+    is refused, never deleted."""
     out = Path(out)
+    files.check_replaceable(out, METADATA_FILE, "retain dataset")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{files.unique_suffix()}-", dir=out.parent))
     try:
         yield tmp
-        replace_folder(tmp, out)
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a dataset folder reads like any folder the user makes
+        files.fsync_tree(tmp)
+        files.check_replaceable(out, METADATA_FILE, "retain dataset")  # again: it may have changed meanwhile
+        files.replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-def replace_folder(new: Path, out: Path) -> None:
-    """Move the finished folder `new` to `out`, replacing what is there (moved aside, then removed)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(out)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id is running (under any user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # running, under another user
-        return True
-    return True

@@ -10,17 +10,26 @@
 Plus the day's scored snapshot in `serving.snapshot_dir`, so the service answers for the same day after
 `/reload`.
 
-Safe under a scheduler: everything is written into a dot-prefixed folder inside `--out` and renamed into
-place (a crash leaves no folder for D; the next run removes the leftovers); the same date, data and
-models give byte-identical files (values rounded to 6 decimals, no timestamps); an export for D with
-different content is replaced only with `force` (otherwise `ExportExists`, exit code 3).
+Safe under a scheduler and on a shared volume:
+- one export at a time per `--out` folder (an `flock` on `.retain-export.lock`; a second run is refused
+  with `FolderInUse`, exit code 3);
+- everything is written into a dot-prefixed folder inside `--out`, flushed to disk and renamed into place
+  (a crash leaves no folder for D; the next run removes the leftovers, under the lock);
+- the same date, data and models give byte-identical files (values rounded to 6 decimals, no timestamps);
+  an export for D with different content, or whose files no longer match their digests in `MANIFEST.json`,
+  is replaced only with `force`, which always rewrites (otherwise `ExportExists`, exit code 3); a folder
+  for D that retain did not write is never replaced;
+- files are written with `export.file_mode` (0640) in folders that only the owner and group can enter;
+- the day's snapshot becomes the one the service serves only when it is at least as new as the one served
+  now, or with `serve` (a back-dated export never moves the live service back in time);
+- in at_risk.csv, a text cell that a spreadsheet would run as a formula starts with an apostrophe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,15 +37,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from retain import contact, decisions, report, snapshot
+from retain import contact, decisions, files, report, snapshot
 from retain.config import Config
-from retain.dataset import Dataset, process_alive, replace_folder
+from retain.dataset import Dataset
 from retain.engine import LocalEngine
 from retain.errors import RetainError
 from retain.scoring import REASONS_PER_MEMBER, Scorer
 
-TEMP_PREFIX = "."
 MANIFEST = "MANIFEST.json"
+LOCK_FILE = ".retain-export.lock"
+LEFTOVER = re.compile(r"^\.\d{4}-\d{2}-\d{2}\.(tmp|old)-")  # the temporary folders of runs that crashed
+# A text cell starting with one of these runs as a formula in a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 LIST_COLUMNS = [
     "member_id",
     "segment",
@@ -67,6 +79,7 @@ class ExportResult:
     folder: Path
     status: str  # "written", "unchanged" (the same content was there) or "replaced" (--force)
     summary: dict
+    served_as_of: pd.Timestamp | None  # the snapshot day the service serves after this export
 
 
 Step = Callable[[str], None]
@@ -101,40 +114,51 @@ def run(
     step: Step = lambda message: None,
     engine=None,
     csv: bool = True,
+    serve: bool = False,
 ) -> ExportResult:
     """Score, decide and write the export for `day` (already checked by `check_date`), with the features
-    and scores computed by `engine` (retain.engine; None: DuckDB in this process)."""
-    out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
-    step("loading the champion models")
-    scorer = Scorer.from_registry(registry, config)
-    engine = engine or LocalEngine(config)
-    step(f"building features as of {day.date()} and scoring every member ({engine.kind} engine)")
-    features, scored = engine.score(dataset, day, scorer)
-    if features.empty:
-        raise RetainError(f"No member has a paid order before {day.date()}; there is nobody to score.")
-    step("applying contact rules and the budget")
-    blocked = contact.blocked(dataset, day, scored["action"], config)
-    scored["status"] = decisions.choose(scored, blocked, day, config)
-    listed = scored["status"].isin([decisions.CONTACT, decisions.CONTROL]).to_numpy()
-    step(f"explaining the {int(listed.sum()):,} members on the list")
-    reasons = scorer.reasons(features[listed], day)
-    tables = build_tables(scored, reasons, scorer.versions, day)
-    summary = summarize(tables, scored, dataset, config, scorer, day)
-
-    step("writing the files")
+    and scores computed by `engine` (retain.engine; None: DuckDB in this process). `serve`: make the
+    day's snapshot the served one even when the service serves a newer day."""
+    mode = config.export.mode
+    if not out.exists():
+        out.mkdir(parents=True)
+        files.restrict(out, mode)
     final = out / day.date().isoformat()
-    temp = out / f"{TEMP_PREFIX}{final.name}.tmp-{os.getpid()}"
-    temp.mkdir()
-    try:
-        write_files(temp, tables, summary, report.html(tables, scored, summary, scorer, config), csv=csv)
-        status = commit(temp, final, force)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    step("writing the day's snapshot for the service")
-    frame = features.join(scored.drop(columns="status")).join(reasons)
-    snapshot.write(frame, day, scorer.versions, dataset.fingerprint, Path(config.serving.snapshot_dir))
-    return ExportResult(final, status, summary)
+    busy = f"Another `retain export` is writing into {out} right now; wait for it to finish, then run again."
+    with files.exclusive_lock(out / LOCK_FILE, busy):
+        remove_leftovers(out)
+        files.check_replaceable(final, MANIFEST, "retain export")
+        step("loading the champion models")
+        scorer = Scorer.from_registry(registry, config)
+        engine = engine or LocalEngine(config)
+        step(f"building features as of {day.date()} and scoring every member ({engine.kind} engine)")
+        features, scored = engine.score(dataset, day, scorer)
+        if features.empty:
+            raise RetainError(f"No member has a paid order before {day.date()}; there is nobody to score.")
+        step("applying contact rules and the budget")
+        blocked = contact.blocked(dataset, day, scored["action"], config)
+        scored["status"] = decisions.choose(scored, blocked, day, config)
+        listed = scored["status"].isin([decisions.CONTACT, decisions.CONTROL]).to_numpy()
+        step(f"explaining the {int(listed.sum()):,} members on the list")
+        reasons = scorer.reasons(features[listed], day)
+        tables = build_tables(scored, reasons, scorer.versions, day)
+        summary = summarize(tables, scored, dataset, config, scorer, day)
+
+        step("writing the files")
+        temp = out / f".{final.name}.tmp-{files.unique_suffix()}"
+        temp.mkdir()
+        try:
+            write_files(temp, tables, summary, report.html(tables, scored, summary, scorer, config), csv=csv)
+            files.restrict(temp, mode)
+            files.fsync_tree(temp)
+            status = commit(temp, final, force)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        step("writing the day's snapshot for the service")
+        frame = features.join(scored.drop(columns="status")).join(reasons)
+        folder = Path(config.serving.snapshot_dir)
+        snapshot.write(frame, day, scorer.versions, dataset.fingerprint, folder, file_mode=mode, serve=serve)
+    return ExportResult(final, status, summary, snapshot.served_as_of(folder))
 
 
 def build_tables(scored: pd.DataFrame, reasons: pd.DataFrame, versions: dict[str, str], day) -> dict:
@@ -190,8 +214,11 @@ def counts(values: pd.Series) -> dict[str, int]:
 
 def write_files(folder: Path, tables: dict, summary: dict, html: str, csv: bool = True) -> None:
     tables["at_risk"].to_parquet(folder / "at_risk.parquet", index=False)
-    if csv:  # UTF-8 with a byte-order mark, so that Excel opens the Chinese names correctly
-        tables["at_risk"][LIST_COLUMNS].to_csv(folder / "at_risk.csv", index=False, encoding="utf-8-sig")
+    if csv:  # UTF-8 with a byte-order mark, so that Excel opens the Chinese names correctly; CRLF line
+        # ends (RFC 4180), which also makes the writer quote a cell holding a carriage return or a newline
+        spreadsheet_safe(tables["at_risk"][LIST_COLUMNS]).to_csv(
+            folder / "at_risk.csv", index=False, encoding="utf-8-sig", lineterminator="\r\n"
+        )
     tables["controls"].to_parquet(folder / "controls.parquet", index=False)
     tables["scores"].to_parquet(folder / "scores.parquet", index=False)
     (folder / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -204,28 +231,57 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text cell that a spreadsheet would run as a formula (=, +, -, @, a tab or a
+    carriage return first) prefixed by an apostrophe, which shows the text as it is. For the CSV only."""
+
+    def neutral(value: object) -> object:
+        return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    text = [col for col in frame.columns if not pd.api.types.is_numeric_dtype(frame[col])]
+    return frame.assign(**{col: frame[col].map(neutral) for col in text})
+
+
 def commit(temp: Path, final: Path, force: bool) -> str:
-    """Move the written folder into place: 'written', 'unchanged' or 'replaced'; ExportExists otherwise."""
-    if not final.exists():
-        temp.rename(final)
+    """Move the written folder into place: 'written', 'unchanged' or 'replaced' (`force` always rewrites);
+    ExportExists when `final` holds other content, or files that no longer match their digests."""
+    if not final.exists() or not any(final.iterdir()):
+        files.replace_folder(temp, final)
         return "written"
-    existing = final / MANIFEST
-    if existing.exists() and existing.read_bytes() == (temp / MANIFEST).read_bytes():
-        return "unchanged"
-    if not force:
+    if force:
+        files.replace_folder(temp, final)
+        return "replaced"
+    damaged = damaged_files(final)
+    if damaged:
+        raise ExportExists(
+            f"{final} holds an export whose files do not match its {MANIFEST} ({', '.join(damaged)}: damaged or "
+            "edited); rerun with --force to write it again."
+        )
+    if (final / MANIFEST).read_bytes() != (temp / MANIFEST).read_bytes():
         raise ExportExists(
             f"{final} already holds an export with different content (other data, models or settings); "
             "rerun with --force to replace it."
         )
-    replace_folder(temp, final)
-    return "replaced"
+    return "unchanged"
+
+
+def damaged_files(folder: Path) -> list[str]:
+    """The files of an export folder that are missing, extra or differ from their digest in MANIFEST.json."""
+    try:
+        digests = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [MANIFEST]
+    names = sorted(({path.name for path in folder.iterdir()} - {MANIFEST}) | set(digests))
+    return [name for name in names if name not in digests or not matches(folder / name, digests[name])]
+
+
+def matches(path: Path, digest: str) -> bool:
+    return path.is_file() and not path.is_symlink() and sha256(path) == digest
 
 
 def remove_leftovers(out: Path) -> None:
-    """Remove the temporary folders of runs that crashed: dot-prefixed, never a finished export, and
-    left by a process that is no longer running (a run in progress keeps its own)."""
-    for path in out.glob(f"{TEMP_PREFIX}*"):
-        _, _, pid = path.name.rpartition("-")
-        in_progress = pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))
-        if path.is_dir() and (".tmp-" in path.name or ".old-" in path.name) and not in_progress:
+    """Remove the temporary folders of runs that crashed. Called under the folder's lock, so no other
+    export is writing here: every `.<date>.tmp-*` or `.<date>.old-*` folder is a leftover."""
+    for path in out.iterdir():
+        if LEFTOVER.match(path.name) and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

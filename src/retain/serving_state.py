@@ -16,7 +16,7 @@ import pandas as pd
 
 from retain import api, snapshot
 from retain.config import Config
-from retain.dataset import process_alive
+from retain.files import process_alive
 from retain.scoring import Scorer
 
 GENERATION_FILE = "GENERATION"

@@ -2,13 +2,14 @@
 the features, the champion scores and precomputed reasons, tied to the model versions that made them.
 
 `<serving.snapshot_dir>/<as_of>.parquet` plus `CURRENT` beside it (the file name the service loads), both
-written atomically, so a reader never sees a half-written snapshot.
+written atomically and flushed to disk, so a reader never sees a half-written snapshot, even after a power
+loss. `CURRENT` moves only forward in time (or when asked): a back-dated export never turns the live
+service back to an older day.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retain import features as feature_builder
+from retain import files
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.errors import RetainError
@@ -29,20 +31,53 @@ def build(scorer: Scorer, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.Dat
     return features.join(scorer.score(features, as_of)).join(scorer.reasons(features, as_of))
 
 
-def write(frame: pd.DataFrame, as_of: pd.Timestamp, versions: dict[str, str], fingerprint: str, folder: Path) -> Path:
-    """Write the snapshot with its metadata (as_of, model versions, dataset fingerprint) and point CURRENT at it."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write(
+    frame: pd.DataFrame,
+    as_of: pd.Timestamp,
+    versions: dict[str, str],
+    fingerprint: str,
+    folder: Path,
+    file_mode: int = 0o640,
+    serve: bool = False,
+) -> Path:
+    """Write the snapshot with its metadata (as_of, model versions, dataset fingerprint); point CURRENT at
+    it when it is at least as new as the one served now, or when `serve`."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        files.restrict(folder, file_mode)
     path = folder / f"{as_of.date().isoformat()}.parquet"
     table = pa.Table.from_pandas(frame, preserve_index=True)
     meta = {"as_of": as_of.isoformat(), "model_versions": versions, "dataset_fingerprint": fingerprint}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"retain": json.dumps(meta).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{files.unique_suffix()}")
     pq.write_table(table, tmp)
-    tmp.replace(path)
-    pointer = folder / f".{CURRENT}.tmp-{os.getpid()}"
-    pointer.write_text(path.name + "\n", encoding="utf-8")
-    pointer.replace(folder / CURRENT)
+    publish(tmp, path, file_mode)
+    served = served_as_of(folder)
+    if serve or served is None or as_of >= served:
+        pointer = folder / f".{CURRENT}.tmp-{files.unique_suffix()}"
+        pointer.write_text(path.name + "\n", encoding="utf-8")
+        publish(pointer, folder / CURRENT, file_mode)
     return path
+
+
+def publish(tmp: Path, path: Path, file_mode: int) -> None:
+    """Give `tmp` its mode, flush it, rename it to `path` and flush the folder."""
+    tmp.chmod(file_mode)
+    files.fsync_path(tmp)
+    tmp.replace(path)
+    files.fsync_path(path.parent)
+
+
+def served_as_of(folder: Path) -> pd.Timestamp | None:
+    """The day of the snapshot CURRENT points at (None when there is none)."""
+    try:
+        name = (folder / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return pd.Timestamp(name.removesuffix(".parquet"))
+    except ValueError:
+        return None
 
 
 def read_current(folder: Path) -> tuple[pd.DataFrame, dict]:
@@ -63,4 +98,5 @@ def write_latest(dataset: Dataset, config: Config, registry, features: pd.DataFr
     as_of = dataset.observed_until
     features = feature_builder.build(dataset, as_of, config.data) if features is None else features
     folder = Path(config.serving.snapshot_dir)
-    return write(build(scorer, features, as_of), as_of, scorer.versions, dataset.fingerprint, folder)
+    frame = build(scorer, features, as_of)
+    return write(frame, as_of, scorer.versions, dataset.fingerprint, folder, file_mode=config.export.mode)
