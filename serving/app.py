@@ -1,5 +1,9 @@
 """The HTTP routes of the scoring service: authenticate, validate with `retain.api`, call the worker's
-state, respond. Every bad request is a 4xx JSON body naming the field; nothing here returns a 500."""
+state, respond. Every bad request is a 4xx JSON body naming the field; nothing here returns a 500.
+
+The bearer check belongs to each protected route (not to a list of paths), so it holds wherever the app
+is mounted (a path prefix, `root_path` behind a proxy). CPU work (reasons computed on request, scoring
+fresh features, reloading) runs in a thread, never on the worker's event loop."""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from retain import api
+from retain.errors import RetainError
 from serving.openapi import OPENAPI
 
-PROTECTED = {"/score", "/score_features", "/model", "/reload"}
 log = logging.getLogger("retain.serving")
 
 
@@ -30,23 +34,35 @@ def build_app(service) -> Starlette:
         return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), service.token.encode())
 
     async def read_json(request: Request) -> object:
+        """The body, read no further than the 5 MB limit whether or not Content-Length is sent."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > api.MAX_BODY_BYTES:
             raise api.RequestError(413, "body", f"The request body is {int(declared):,} bytes; the limit is 5 MB.")
-        return api.parse_json(await request.body())
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > api.MAX_BODY_BYTES:
+                raise api.RequestError(413, "body", "The request body is over the 5 MB limit.")
+            chunks.append(chunk)
+        return api.parse_json(b"".join(chunks))
 
-    def guarded(handler):
+    def guarded(handler, protected: bool = True):
         async def endpoint(request: Request) -> Response:
-            if request.url.path in PROTECTED and not authorized(request):
+            if protected and not authorized(request):
                 return JSONResponse(
                     {"error": "Missing or wrong bearer token.", "field": "Authorization"},
                     401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             try:
-                return await handler(request, service.current_state())
+                state = service.state
+                if service.is_stale():  # another worker reloaded: load the same, off the loop
+                    state = await asyncio.to_thread(service.refresh)
+                return await handler(request, state)
             except api.RequestError as exc:
                 return JSONResponse(exc.body(), exc.status)
+            except RetainError as exc:  # e.g. /reload found no snapshot: the served state is unchanged
+                return JSONResponse({"error": str(exc), "field": None}, 503)
             except Exception:  # a bug must not become a bare 500 with a traceback for the caller
                 log.exception("request failed")
                 return JSONResponse({"error": "The service failed on this request; it is logged.", "field": None}, 503)
@@ -55,6 +71,8 @@ def build_app(service) -> Starlette:
 
     async def score(request: Request, state) -> Response:
         ids = api.parse_score_request(await read_json(request), service.config.serving.max_ids_per_request)
+        if state.needs_explaining(ids):  # reasons to compute: CPU work, off the loop
+            return Response(await asyncio.to_thread(state.score_response, ids), media_type="application/json")
         return Response(state.score_response(ids), media_type="application/json")
 
     async def score_features(request: Request, state) -> Response:

@@ -4,6 +4,7 @@ simulated shop into a throwaway MLflow store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import httpx
 import pandas as pd
 import pytest
 from conftest import ROOT
+
+from retain.errors import RetainError
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -190,10 +193,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(store):
+@contextlib.contextmanager
+def running_server(store: dict, extra_env: dict | None = None):
+    """A real `retain serve` process on 127.0.0.1 until the block ends; stopped by its process id."""
     port = free_port()
-    env = {**os.environ, **store, "RETAIN_API_TOKEN": TOKEN, "BENTOML_DO_NOT_TRACK": "true"}
+    env = {**os.environ, **store, "RETAIN_API_TOKEN": TOKEN, "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "retain.cli", "serve", "--port", str(port)],
         cwd=ROOT,
@@ -203,11 +207,12 @@ def server(store):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    ready = f"{url}/readyz"  # BentoML's own routes stay at the root whatever the prefix
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(ready, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -224,6 +229,12 @@ def server(store):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    with running_server(store) as url:
+        yield url
 
 
 def test_a_real_server_scores_over_http(server, members):
@@ -266,3 +277,229 @@ def test_the_service_refuses_to_start_without_a_token(store):
         timeout=60,
     )
     assert result.returncode == 2 and "RETAIN_API_TOKEN is not set" in result.stderr
+
+
+# --- the service fails closed and answers the caller's mistakes with a 4xx -------------------------
+
+HOSTILE = [  # (body, status, field): each a 4xx naming the field, never a 503
+    (b'{"member_ids": [' + b"1" * 5000 + b"]}", 422, "member_ids[0]"),  # an integer past Python's 4,300 digits
+    (b'{"member_ids": ["' + b"x" * 300 + b'"]}', 422, "member_ids[0]"),
+    (b'{"member_ids": ["\\ud800"]}', 422, "member_ids[0]"),  # a lone UTF-16 surrogate
+    (b"[" * 100_000 + b"]" * 100_000, 400, "body"),  # nested 100,000 deep
+    (b'{"member_ids": ["a"], "member_ids": ["b"]}', 400, "member_ids"),  # a key given twice
+    (b'{"member_ids": ["\xff\xfe"]}', 400, "body"),  # not UTF-8
+    (b'{"member_ids": [' + b",".join([b"1"] * 1_000_000) + b"]}", 422, "member_ids"),  # a huge array of tiny items
+    (b'{"\\udc00": 1}', 422, "\\udc00"),  # an unknown key that is not valid Unicode, echoed safely
+]
+HOSTILE_FEATURES = [
+    ({"members": [{"member_id": "a", "recency_days": 1e400}]}, 422, "members[0].recency_days"),
+    ({"members": [{"member_id": "a", "recency_days": int("9" * 400)}]}, 422, "members[0].recency_days"),
+    ({"members": [{"member_id": "a"}], "as_of": "NaT"}, 422, "as_of"),
+    ({"members": [{"member_id": "a"}], "as_of": 20250101}, 422, "as_of"),
+    ({"members": [{"member_id": "a"}], "as_of": "2025-02-30"}, 422, "as_of"),
+]
+
+
+def features_body(payload: dict) -> bytes:
+    return json.dumps(payload).replace("Infinity", "1e400").encode()  # 1e400 is valid JSON, beyond a double
+
+
+@pytest.mark.parametrize(("body", "status", "field"), HOSTILE)
+def test_hostile_bodies_get_a_4xx_naming_the_field(client, body, status, field):
+    response = client.post("/score", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert (response.status_code, response.json()["field"]) == (status, field), response.text[:200]
+
+
+@pytest.mark.parametrize(("payload", "status", "field"), HOSTILE_FEATURES)
+def test_hostile_feature_values_get_a_4xx_naming_the_field(client, payload, status, field):
+    response = client.post("/score_features", content=features_body(payload), headers=AUTH)
+    assert (response.status_code, response.json()["field"]) == (status, field), response.text[:200]
+
+
+def chunks(total: int, size: int = 64 * 1024):
+    yield b'{"member_ids": ["'
+    for _ in range(total // size):
+        yield b"a" * size
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_being_read_whole(client):
+    response = client.post("/score", content=chunks(6 * 1024 * 1024), headers=AUTH)
+    assert response.status_code == 413 and response.json()["field"] == "body"
+
+
+def test_ten_thousand_distinct_ids_are_accepted_and_a_repeat_is_named():
+    from retain import api
+
+    ids = [f"m{i}" for i in range(10_000)]
+    assert api.parse_score_request({"member_ids": ids}, 10_000) == ids
+    with pytest.raises(api.RequestError, match="repeats 'm5'"):
+        api.parse_score_request({"member_ids": [*ids[:9_000], "m5"]}, 10_000)
+
+
+@pytest.fixture(scope="module")
+def prefixed_client(client):
+    """The same service behind a path prefix the way a proxy or Starlette's Mount presents it: the full
+    path in `path`, the prefix in `root_path`. (Not a context manager: the service is already started.)"""
+    from starlette.testclient import TestClient
+
+    async def under_prefix(scope, receive, send):
+        if scope["type"] == "http":
+            scope = {**scope, "root_path": "/retain"}
+        await client.app(scope, receive, send)
+
+    return TestClient(under_prefix)
+
+
+@pytest.mark.parametrize(("method", "path"), [("post", "/score"), ("get", "/model"), ("post", "/reload")])
+def test_the_token_is_checked_under_a_path_prefix(prefixed_client, method, path):
+    assert getattr(prefixed_client, method)(f"/retain{path}").status_code == 401
+    authorized = getattr(prefixed_client, method)(f"/retain{path}", headers=AUTH)
+    assert authorized.status_code in (200, 400)  # routed, past the token (an empty /score body is a 400)
+
+
+class StubState:
+    """A worker state whose /score needs reasons computed: records where the work ran."""
+
+    generation = 0
+
+    def __init__(self):
+        self.on_loop = None
+
+    def needs_explaining(self, ids):
+        return True
+
+    def score_response(self, ids):
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+            self.on_loop = True
+        except RuntimeError:
+            self.on_loop = False
+        return "{}"
+
+
+def stub_service(state, stale=False):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(serving=SimpleNamespace(max_ids_per_request=10, max_members_per_request=10))
+    return SimpleNamespace(token=TOKEN, state=state, config=config, is_stale=lambda: stale)
+
+
+def test_reasons_computed_on_request_run_off_the_event_loop():
+    from starlette.testclient import TestClient
+
+    from serving.app import build_app
+
+    state = StubState()
+    with TestClient(build_app(stub_service(state))) as test_client:
+        assert test_client.post("/score", json={"member_ids": ["a"]}, headers=AUTH).status_code == 200
+    assert state.on_loop is False
+
+
+def test_a_failed_reload_keeps_serving_and_backs_off(monkeypatch, tmp_path):
+    import threading
+
+    from serving import service as module
+
+    worker = module.RetainService.inner.__new__(module.RetainService.inner)
+    worker.state, worker._lock = StubState(), threading.Lock()
+    worker._retry_at, worker._failures, worker._marker = 0.0, 0, 1
+    worker.generation = SimpleGeneration(tmp_path)
+    worker.config = worker.registry = None
+    attempts = []
+
+    def broken(*args):
+        attempts.append(1)
+        raise FileNotFoundError("snapshot gone")
+
+    monkeypatch.setattr(module.ServingState, "load", broken)
+    assert worker.is_stale()
+    served = worker.state
+    for _ in range(5):  # the first request tries once; the next ones, inside the back-off, do not
+        assert (worker.refresh() if worker.is_stale() else worker.state) is served
+    assert len(attempts) == 1 and worker._retry_at > 0
+
+
+class SimpleGeneration:
+    def __init__(self, folder):
+        self.path = folder / "GENERATION"
+        self.path.write_text("2\n")
+
+    def read(self):
+        return 2
+
+
+def test_anonymous_mode_refuses_a_public_address(store, monkeypatch):
+    from serving.service import RetainService
+
+    for name, value in {**store, "RETAIN_SERVING_ALLOW_ANONYMOUS": "true", "RETAIN_SERVING_HOST": "0.0.0.0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RETAIN_API_TOKEN", raising=False)
+    with pytest.raises(RetainError, match="binding 0.0.0.0 needs RETAIN_API_TOKEN"):
+        RetainService.inner()
+    monkeypatch.setenv("RETAIN_SERVING_HOST", "127.0.0.1")
+    assert RetainService.inner().token is None  # anonymous on loopback still starts
+
+
+# --- the same, against a real `retain serve` process ---------------------------------------------------
+
+
+def test_a_real_server_answers_hostile_bodies_with_a_4xx_naming_the_field(server):
+    answers = []
+    for body, status, field in HOSTILE:
+        response = httpx.post(f"{server}/score", content=body, headers=AUTH, timeout=30)
+        answers.append((response.status_code, response.json()["field"]) == (status, field))
+    for payload, status, field in HOSTILE_FEATURES:
+        response = httpx.post(f"{server}/score_features", content=features_body(payload), headers=AUTH, timeout=30)
+        answers.append((response.status_code, response.json()["field"]) == (status, field))
+    chunked = httpx.post(f"{server}/score", content=chunks(6 * 1024 * 1024), headers=AUTH, timeout=30)
+    answers.append(chunked.status_code == 413)
+    assert all(answers), answers
+
+
+def test_a_real_server_scores_ten_thousand_ids_in_one_request(server, members):
+    ids = [*members.index[:100], *(f"absent-{i}" for i in range(9_900))]
+    response = httpx.post(f"{server}/score", json={"member_ids": ids}, headers=AUTH, timeout=30)
+    assert response.status_code == 200 and len(response.json()["scores"]) == 100
+    assert len(response.json()["unknown"]) == 9_900
+
+
+def test_a_real_server_keeps_serving_when_another_worker_s_reload_cannot_load(server, store, members):
+    from retain.serving_state import Generation
+
+    folder = Path(store["RETAIN_SERVING_SNAPSHOT_DIR"])
+    pointer, saved = folder / "CURRENT", (folder / "CURRENT").read_text(encoding="utf-8")
+    body = {"member_ids": [members.index[0]]}
+    before = httpx.post(f"{server}/score", json=body, headers=AUTH, timeout=10).json()
+    try:
+        pointer.write_text("missing.parquet\n", encoding="utf-8")  # what another worker published is broken
+        Generation(folder).bump()
+        for _ in range(5):
+            response = httpx.post(f"{server}/score", json=body, headers=AUTH, timeout=10)
+            assert response.status_code == 200 and response.json() == before
+    finally:
+        pointer.write_text(saved, encoding="utf-8")
+        Generation(folder).bump()
+
+
+def test_a_real_server_under_a_path_prefix_checks_the_token(store, members):
+    body = {"member_ids": [members.index[0]]}
+    with running_server(store, {"RETAIN_SERVING_PATH_PREFIX": "/retain"}) as url:
+        assert httpx.post(f"{url}/retain/score", json=body, timeout=10).status_code == 401
+        assert httpx.get(f"{url}/retain/model", timeout=10).status_code == 401
+        assert httpx.post(f"{url}/retain/score", json=body, headers=AUTH, timeout=10).status_code == 200
+
+
+def test_retain_serve_refuses_anonymous_mode_on_a_public_address(store):
+    env = {k: v for k, v in os.environ.items() if k != "RETAIN_API_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "retain.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=ROOT,
+        env={**env, **store, "RETAIN_SERVING_ALLOW_ANONYMOUS": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "Refusing to serve 0.0.0.0 without a token" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -295,13 +295,28 @@ def serve(
     import os
     import sys
 
+    from retain.config import loopback
+
     cfg = settings(config)
+    host = host or cfg.serving.host
     if cfg.api_token is None and not cfg.serving.allow_anonymous:
         raise RetainError("RETAIN_API_TOKEN is not set: set it, or set serving.allow_anonymous = true for local use.")
+    if cfg.api_token is None and not loopback(host):
+        raise RetainError(
+            f"Refusing to serve {host} without a token: serving.allow_anonymous = true is for 127.0.0.1 only; "
+            "set RETAIN_API_TOKEN to serve other machines."
+        )
+    prefix = cfg.serving.path_prefix
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise RetainError(
+            f'serving.path_prefix must start with "/" and not end with one, like "/retain"; got {prefix!r}.'
+        )
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "RETAIN_SERVING_WORKERS": str(workers or cfg.serving.workers),
+        "RETAIN_SERVING_HOST": host,
+        "RETAIN_SERVING_PATH_PREFIX": prefix,
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
@@ -314,7 +329,7 @@ def serve(
         "serve",
         "serving.service:RetainService",
         "--host",
-        host or cfg.serving.host,
+        host,
         "--port",
         str(port or cfg.serving.port),
     ]

@@ -8,6 +8,7 @@ wrong type is a `ConfigError` naming the key. Secrets are read from the environm
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -75,6 +76,7 @@ class ServingConfig:
     gc_freeze: bool = True
     max_ids_per_request: int = 10000
     max_members_per_request: int = 1000
+    path_prefix: str = ""  # mount the routes under this path (e.g. "/retain" behind a gateway); "" is the root
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,16 @@ class Config:
     def api_token(self) -> str | None:
         """The service's bearer token, from `RETAIN_API_TOKEN` only (never from the file)."""
         return os.environ.get("RETAIN_API_TOKEN") or None
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (127.0.0.0/8, ::1 or localhost): reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any address
+        return False
 
 
 def load_config(path: Path | str | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:

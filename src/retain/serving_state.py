@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +36,7 @@ class ServingState:
     # Members whose snapshot row has no precomputed reasons (the daily export explains only its list):
     # their reasons are computed on their first request, then kept in `records`.
     pending: pd.DataFrame | None = None
+    _explaining: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def load(cls, config: Config, registry, generation: int) -> ServingState:
@@ -54,14 +56,21 @@ class ServingState:
             pending=frame[~explained].drop(columns=[c for c in frame.columns if c.startswith("reason_")]),
         )
 
+    def needs_explaining(self, member_ids: list[str]) -> bool:
+        """Whether some requested member has no reasons yet (computing them is CPU work)."""
+        if self.pending is None or self.pending.empty:
+            return False
+        return any(m not in self.records and m in self.pending.index for m in member_ids)
+
     def explain_pending(self, member_ids: list[str]) -> None:
         """Compute the reasons of requested members the snapshot has none for, and keep their records."""
-        if self.pending is None or self.pending.empty:
+        if not self.needs_explaining(member_ids):
             return
-        wanted = [m for m in dict.fromkeys(member_ids) if m not in self.records and m in self.pending.index]
-        if wanted:
-            rows = self.pending.loc[wanted]
-            self.records.update(encode(rows.join(self.scorer.reasons(rows, self.as_of))))
+        with self._explaining:  # requests run in threads: one computes, the next finds the records kept
+            wanted = [m for m in dict.fromkeys(member_ids) if m not in self.records and m in self.pending.index]
+            if wanted:
+                rows = self.pending.loc[wanted]
+                self.records.update(encode(rows.join(self.scorer.reasons(rows, self.as_of))))
 
     def score_response(self, member_ids: list[str]) -> str:
         """The /score body, assembled from the precomputed JSON of each member."""
