@@ -110,3 +110,85 @@ def test_an_unknown_engine_or_an_unreachable_scheduler_is_one_sentence(config):
     unreachable = dask_config(config, scheduler_address="tcp://127.0.0.1:9")
     with pytest.raises(RetainError, match="Could not reach the Dask scheduler"), open_engine(unreachable):
         pass
+
+
+def write_tls_files(folder) -> dict[str, str]:
+    """A throwaway CA and one certificate it signed for 127.0.0.1 (scheduler, worker and client alike)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject, issuer, public_key, signing_key, ca: bool):
+        builder = x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+        builder = builder.serial_number(x509.random_serial_number())
+        builder = builder.not_valid_before(now - datetime.timedelta(days=1))
+        builder = builder.not_valid_after(now + datetime.timedelta(days=1))
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        if not ca:
+            names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "retain test CA")])
+    ca = certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    leaf = certificate(name, ca_name, key.public_key(), ca_key, ca=False)
+    paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return {name: str(path) for name, path in paths.items()}
+
+
+def test_the_engine_reaches_a_tls_scheduler_with_the_configured_files(small_shop, config, tmp_path):
+    from distributed import LocalCluster, Security
+
+    tls = write_tls_files(tmp_path)
+    cluster_security = Security(
+        tls_ca_file=tls["ca"],
+        tls_scheduler_cert=tls["cert"],
+        tls_scheduler_key=tls["key"],
+        tls_worker_cert=tls["cert"],
+        tls_worker_key=tls["key"],
+        tls_client_cert=tls["cert"],
+        tls_client_key=tls["key"],
+        require_encryption=True,
+    )
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        protocol="tls",
+        host="127.0.0.1",
+        security=cluster_security,
+        dashboard_address=None,
+    ) as cluster:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        settings = dask_config(
+            config,
+            scheduler_address=cluster.scheduler_address,
+            tls_ca_file=tls["ca"],
+            tls_cert_file=tls["cert"],
+            tls_key_file=tls["key"],
+            partitions=2,
+        )
+        with open_engine(settings) as engine:
+            distributed = engine.features(small_shop, DAY)
+        without_files = dask_config(config, scheduler_address=cluster.scheduler_address)
+        with pytest.raises(RetainError, match="needs engine.tls_ca_file, engine.tls_cert_file, engine.tls_key_file"):
+            open_engine(without_files).__enter__()
+    pd.testing.assert_frame_equal(distributed, LocalEngine(config).features(small_shop, DAY), check_exact=False)
+
+
+def test_plain_tcp_to_another_machine_is_refused_before_connecting(config):
+    with pytest.raises(RetainError, match="Refusing plain tcp://10.0.0.5:8786"):
+        DaskEngine(dask_config(config, scheduler_address="tcp://10.0.0.5:8786"))

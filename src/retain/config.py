@@ -125,6 +125,11 @@ class EngineConfig:
     scheduler_address: str = ""
     workers: int = 2
     partitions: int = 8
+    # TLS to a scheduler at tls://...: the CA that signed the cluster's certificates, and this client's own.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    allow_insecure: bool = False  # allow plain tcp:// to a scheduler that is not on this machine
 
 
 @dataclass(frozen=True)

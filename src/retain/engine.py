@@ -1,7 +1,7 @@
 """Where the per-member work runs: on this machine (DuckDB, the default) or on a Dask cluster.
 
 `[engine] kind = "local" | "dask"` in retain.toml; `scheduler_address` names a running Dask scheduler
-(`tcp://host:8786`), empty starts a `LocalCluster` on 127.0.0.1 for the run. Both engines run the same
+(`tls://host:8786`, with the `[engine] tls_*` files), empty starts a `LocalCluster` on 127.0.0.1 for the run. Both engines run the same
 functions, so their results agree:
 
 - `features(dataset, as_of)`: `retain.features.compute` (DuckDB) over the member's rows. On Dask, each
@@ -20,17 +20,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from retain import contract as c
 from retain import features as feature_builder
-from retain.config import Config, DataConfig
+from retain.config import Config, DataConfig, EngineConfig, loopback
 from retain.dataset import Dataset
 from retain.errors import RetainError
 
 PART = "_part"
+TLS_KEYS = ("engine.tls_ca_file", "engine.tls_cert_file", "engine.tls_key_file")
 
 
 class LocalEngine:
@@ -84,10 +86,11 @@ class DaskEngine:
         logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
         self.config = config
         address = config.engine.scheduler_address
+        security = cluster_security(config.engine)
         try:
             if address:
                 self.cluster = None
-                self.client = Client(address, timeout="10s")
+                self.client = Client(address, timeout="10s", security=security)
             else:
                 self.cluster = LocalCluster(
                     n_workers=config.engine.workers,
@@ -97,7 +100,7 @@ class DaskEngine:
                     dashboard_address=None,
                 )
                 self.client = Client(self.cluster)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: the TLS files do not fit
             raise RetainError(f"Could not reach the Dask scheduler at {address or 'a local cluster'}: {exc}") from None
         self.partitions = partitions or config.engine.partitions
 
@@ -146,6 +149,37 @@ class DaskEngine:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def cluster_security(engine: EngineConfig):
+    """The `distributed.Security` for `engine.scheduler_address`: TLS with the configured files for
+    tls://; nothing for a local cluster or a scheduler on this machine. Plain tcp:// to another machine is
+    refused unless `engine.allow_insecure`: anyone who reaches that port can run code on the workers, which
+    hold member data, and the traffic (pickles included) is readable on the wire."""
+    from distributed import Security
+
+    address = engine.scheduler_address
+    files = {"tls_ca_file": engine.tls_ca_file, "tls_client_cert": engine.tls_cert_file}
+    files["tls_client_key"] = engine.tls_key_file
+    if address.startswith("tls://"):
+        missing = [key for key, name in zip(TLS_KEYS, files.values(), strict=True) if not name]
+        if missing:
+            raise RetainError(
+                f"A tls:// scheduler needs {', '.join(missing)} in [engine]: the CA and this client's "
+                "certificate and key."
+            )
+        for name in files.values():
+            if not Path(name).is_file():
+                raise RetainError(f"The TLS file {name} in [engine] does not exist.")
+        return Security(**files, require_encryption=True)
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    if address and not engine.allow_insecure and not loopback(host):
+        raise RetainError(
+            f"Refusing plain {address}: anyone who reaches that port can run code on workers that hold member "
+            "data. Use a tls:// scheduler with engine.tls_ca_file, tls_cert_file and tls_key_file (see the "
+            "README, Scale), or set engine.allow_insecure = true on a private network you trust."
+        )
+    return None
 
 
 def tag_partition(frame: pd.DataFrame, n: int) -> pd.DataFrame:
