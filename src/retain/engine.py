@@ -1,8 +1,8 @@
 """Where the per-member work runs: on this machine (DuckDB, the default) or on a Dask cluster.
 
 `[engine] kind = "local" | "dask"` in retain.toml; `scheduler_address` names a running Dask scheduler
-(`tls://host:8786`, with the `[engine] tls_*` files), empty starts a `LocalCluster` on 127.0.0.1 for the run. Both engines run the same
-functions, so their results agree:
+(`tls://host:8786`, with the `[engine] tls_*` files), empty starts a `LocalCluster` on 127.0.0.1 for
+the run. Both engines run the same functions, so their results agree:
 
 - `features(dataset, as_of)`: `retain.features.compute` (DuckDB) over the member's rows. On Dask, each
   table is read as a Dask DataFrame, tagged with partition = hash(member_id) mod `partitions`, shuffled
