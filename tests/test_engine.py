@@ -98,7 +98,7 @@ def test_a_worker_killed_during_the_export_leaves_no_partial_list(trained, small
             assert manifest == (reference.folder / export.MANIFEST).read_bytes()
         killer.join()
         assert killed.is_set()  # the fault did happen
-        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [export.LOCK_FILE]  # no temp folder
     finally:
         engine.close()
 
@@ -170,7 +170,7 @@ def test_the_engine_reaches_a_tls_scheduler_with_the_configured_files(small_shop
         protocol="tls",
         host="127.0.0.1",
         security=cluster_security,
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
     ) as cluster:
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
         settings = dask_config(

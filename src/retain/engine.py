@@ -97,7 +97,7 @@ class DaskEngine:
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    dashboard_address="127.0.0.1:0",  # None still takes :8787; a free loopback port instead
                 )
                 self.client = Client(self.cluster)
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: the TLS files do not fit
