@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from retain import backtest, models, promotion
-from retain.evaluation import evaluate, expected_calibration_error
+from retain.evaluation import ece_noise_bound, evaluate, expected_calibration_error
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.snapshot import read_current
 from training.job import train
@@ -33,8 +33,18 @@ def test_the_gate_promotes_only_a_model_that_is_as_good_and_calibrated():
     assert promotion.decide(good, {"pr_auc": 0.801}, 0.002, 0.03).promote  # within the tolerance
     worse = promotion.decide({"pr_auc": 0.79, "ece": 0.01}, {"pr_auc": 0.80}, 0.002, 0.03)
     assert worse.decision == promotion.NOT_PROMOTED and "below the champion" in worse.reason
-    uncalibrated = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, None, 0.002, 0.03)
+    uncalibrated = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, {"pr_auc": 0.8}, 0.002, 0.03)
     assert uncalibrated.decision == promotion.NOT_PROMOTED and "ECE" in uncalibrated.reason
+    first = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, None, 0.002, 0.03)  # a shop must have a champion
+    assert first.decision == promotion.PROMOTED and "above the limit" in first.reason
+
+
+def test_the_ece_limit_allows_for_the_sampling_noise_of_a_small_holdout():
+    rng = np.random.default_rng(0)
+    small, large = rng.uniform(0.05, 0.6, 300), rng.uniform(0.05, 0.6, 30_000)
+    assert ece_noise_bound(small) > 0.03 > ece_noise_bound(large)  # 300 members: 0.03 is within the noise
+    calibrated = [expected_calibration_error(rng.random(300) < small, small) for _ in range(200)]
+    assert np.mean(np.array(calibrated) <= ece_noise_bound(small)) >= 0.9
     assert promotion.decide({"pr_auc": 0.1, "ece": 0.5}, {"pr_auc": 0.9}, 0.002, 0.03, force=True).decision == "forced"
 
 
@@ -122,3 +132,77 @@ def test_expected_calibration_error_uses_ten_equal_width_bins():
     p = np.array([0.05, 0.95, 0.95, 0.55])
     # bins: [0.0,0.1): |0-0.05|, [0.9,1.0]: |1-0.95| for two rows, [0.5,0.6): |1-0.55|
     assert expected_calibration_error(y, p) == pytest.approx((0.05 + 2 * 0.05 + 0.45) / 4)
+
+
+def store_config(config, tmp_path):
+    """The project's own settings (max_ece 0.03 included) with a throwaway MLflow store and snapshots."""
+    mlflow = dataclasses.replace(
+        config.mlflow, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "artifacts")
+    )
+    serving = dataclasses.replace(config.serving, snapshot_dir=str(tmp_path / "snapshots"))
+    return dataclasses.replace(config, mlflow=mlflow, serving=serving)
+
+
+def test_a_small_shop_gets_champions_that_export_and_serve(config, tmp_path):
+    """The shop of issue 11: `retain simulate --members 3000 --days 500 --seed 31`, trained with the
+    project's settings, once left no churn champion (its first model failed the ECE gate)."""
+    from retain import export
+    from retain.dataset import open_dataset
+    from retain.serving_state import ServingState
+    from retain.simulate import simulate_shop
+
+    simulate_shop(tmp_path / "shop", members=3000, days=500, seed=31)
+    shop = open_dataset(tmp_path / "shop")
+    settings = store_config(config, tmp_path)
+    train(shop, settings)
+    registry = Registry(settings.mlflow)
+    assert registry.missing_champions(("churn", "repurchase", "uplift", "value")) == []
+    tags = registry.version_by_alias("churn", CHAMPION).tags
+    assert tags["retain.model_family"] == "lightgbm" and float(tags["retain.ece_limit"]) >= 0.03
+    written = export.run(shop, settings, registry, shop.observed_until, tmp_path / "exports")
+    assert written.status == "written" and written.summary["model_families"]["retain-churn"] == "lightgbm"
+    state = ServingState.load(settings, registry, generation=0)
+    assert state.describe()["models"]["retain-churn"]["family"] == "lightgbm"
+    assert json.loads(state.score_response([state.pending.index[0]]))["unknown"] == []
+
+
+def test_a_shop_too_small_to_train_is_refused_before_anything_is_registered(config, tmp_path):
+    from retain.dataset import open_dataset
+    from retain.errors import RetainError
+    from retain.simulate import simulate_shop
+
+    simulate_shop(tmp_path / "tiny", members=120, days=400, seed=3)
+    settings = store_config(config, tmp_path)
+    with pytest.raises(RetainError, match="training needs at least 200"):
+        train(open_dataset(tmp_path / "tiny"), settings)
+    assert Registry(settings.mlflow).missing_champions(("churn", "repurchase", "uplift", "value")) == [
+        "retain-churn",
+        "retain-repurchase",
+        "retain-uplift",
+        "retain-value",
+    ]
+
+
+def test_metrics_of_a_holdout_with_one_label_are_missing_not_an_error():
+    metrics = evaluate(np.zeros(50, dtype=int), np.linspace(0.1, 0.9, 50))
+    assert np.isnan(metrics["roc_auc"]) and np.isnan(metrics["pr_auc"]) and metrics["ece"] > 0
+
+
+def test_retain_serve_without_champions_is_one_sentence(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {
+        **os.environ,
+        "RETAIN_API_TOKEN": "t",
+        "RETAIN_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "RETAIN_SERVING_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "retain.cli", "serve", "--port", "9"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "There is no champion for retain-churn" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -25,11 +25,11 @@ from retain.config import Config, load_config
 from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
-from retain.evaluation import calibration_table, evaluate, qini_coefficient
+from retain.evaluation import calibration_table, ece_noise_bound, evaluate, qini_coefficient
 from retain.models import LIGHTGBM_PARAMS
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.scoring import MODELS
-from retain.value import fit_value_model
+from retain.value import ValueModel, fit_value_model
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -70,13 +70,15 @@ def train_with(dataset: Dataset, config: Config, force: bool, snapshots: backtes
     tasks = {"churn": config.labels.churn_horizon_days, "repurchase": config.labels.repurchase_horizon_days}
     results = []
     with console.status("training") as status:
+        status.update("checking the shop's history and fitting the value model")
+        value_model = fit_value(snapshots)  # before anything is registered: a tiny shop stops here
         for task, horizon in tasks.items():
             status.update(f"{task}: fitting and evaluating on the held-out cutoff")
             results.append(train_task(registry, snapshots, task, horizon, force))
         status.update("uplift: fitting the coupon model on past offers and their control groups")
         train_uplift(registry, snapshots)
-        status.update("value: fitting BG/NBD and Gamma-Gamma")
-        train_value(registry, snapshots)
+        status.update("value: registering BG/NBD and Gamma-Gamma")
+        register_value(registry, snapshots, value_model)
         if all(registry.version_by_alias(name, CHAMPION) for name in MODELS):
             status.update("writing the feature snapshot for serving")
             latest = snapshots.base_features(dataset.observed_until)
@@ -101,7 +103,8 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         champion_metrics = evaluate(y.to_numpy(), champion_model.predict(x))
     new_metrics = result["models"]["lightgbm"]
     t = config.training
-    decision = promotion.decide(new_metrics, champion_metrics, t.promotion_tolerance, t.max_ece, force=force)
+    ece_limit = max(t.max_ece, ece_noise_bound(scores["lightgbm"], seed=t.seed))
+    decision = promotion.decide(new_metrics, champion_metrics, t.promotion_tolerance, ece_limit, force=force)
     with registry.run(task, run_name=f"{task}-{dataset.observed_until.date()}") as run_id:
         log_run(registry, dataset, config, task, horizon, held_out, refit, result, champion_metrics, decision)
         log_plots(registry, task, y.to_numpy(), scores, refit)
@@ -113,6 +116,8 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         "retain.dataset_fingerprint": dataset.fingerprint,
         "retain.decision": decision.decision,
         "retain.decision_reason": decision.reason,
+        "retain.model_family": refit.model.family,
+        "retain.ece_limit": f"{ece_limit:.6f}",
         **{f"retain.metric.{name}": f"{value:.6f}" for name, value in new_metrics.items()},
         # the held-out calibration curve, which the daily report draws
         "retain.calibration": json.dumps(calibration_table(y.to_numpy(), scores["lightgbm"])),
@@ -187,11 +192,26 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     return metrics
 
 
-def train_value(registry: Registry, snapshots: backtest.Snapshots) -> None:
-    """Fit BG/NBD and Gamma-Gamma on the features as of the end of the data and register the value model."""
+def fit_value(snapshots: backtest.Snapshots) -> ValueModel:
+    """Check that the shop has enough repeat buyers to train on, then fit BG/NBD and Gamma-Gamma on the
+    features as of the end of the data. Raises RetainError (nothing registered) for a shop too small."""
     dataset, config = snapshots.dataset, snapshots.config
     features = snapshots.base_features(dataset.observed_until)
-    model = fit_value_model(features, config.decisions.value_horizon_days, config.decisions.margin_rate)
+    repeat = int((features["frequency"] >= 2).sum()) if len(features) else 0
+    minimum = config.training.min_repeat_members
+    if repeat < minimum:
+        raise RetainError(
+            f"{dataset.path} has {repeat} members who bought on two days or more; training needs at least "
+            f"{minimum} (training.min_repeat_members) to learn anything a retention team can trust. Nothing "
+            "was registered."
+        )
+    return fit_value_model(features, config.decisions.value_horizon_days, config.decisions.margin_rate)
+
+
+def register_value(registry: Registry, snapshots: backtest.Snapshots, model: ValueModel) -> None:
+    """Register the value model fitted by `fit_value` as the champion."""
+    dataset = snapshots.dataset
+    features = snapshots.base_features(dataset.observed_until)
     values = model.predict_frame(features)["value"].to_numpy()
     with registry.run("value", run_name=f"value-{dataset.observed_until.date()}") as run_id:
         registry.log_params(

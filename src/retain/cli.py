@@ -311,6 +311,7 @@ def serve(
         raise RetainError(
             f'serving.path_prefix must start with "/" and not end with one, like "/retain"; got {prefix!r}.'
         )
+    check_servable(cfg)
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
@@ -335,6 +336,24 @@ def serve(
     ]
     sys.stdout.flush()
     os.execve(sys.executable, command, env)  # the server takes this process's id: stop it by that id
+
+
+def check_servable(cfg: Config) -> None:
+    """Refuse to start the service, in one sentence, when there is nothing to serve yet."""
+    from retain import snapshot
+    from retain.registry import Registry
+    from retain.scoring import MODELS
+
+    missing = Registry(cfg.mlflow).missing_champions(MODELS)
+    if missing:
+        raise RetainError(
+            f"There is no champion for {', '.join(missing)} in {cfg.mlflow.tracking_uri} yet; "
+            "run `make train` (python -m training --data ...) first."
+        )
+    if snapshot.served_as_of(Path(cfg.serving.snapshot_dir)) is None:
+        raise RetainError(
+            f"There is no scored snapshot in {cfg.serving.snapshot_dir}/ yet; run `make train` or `retain export`."
+        )
 
 
 def feature_summary(frame: pd.DataFrame, as_of: pd.Timestamp) -> Table:

@@ -57,6 +57,7 @@ class TrainingConfig:
     calibration_snapshots: int = 3
     promotion_tolerance: float = 0.002
     max_ece: float = 0.03
+    min_repeat_members: int = 200
     seed: int = 7
 
 

@@ -37,9 +37,10 @@ def lift_at(y: np.ndarray, score: np.ndarray, share: float = 0.10) -> float:
 def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Every metric for probabilities `p` of the positive label `y` (0/1)."""
     y, p = np.asarray(y, dtype=int), np.clip(np.asarray(p, dtype=float), EPSILON, 1 - EPSILON)
+    both = 0 < y.sum() < len(y)  # a ranking needs both labels; a tiny shop's holdout may have one
     return {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
         "brier": float(brier_score_loss(y, p)),
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "ece": expected_calibration_error(y, p),
@@ -52,6 +53,8 @@ def paired_bootstrap_auc_gain(
 ) -> dict[str, float]:
     """ROC-AUC gain of model over baseline on the same members, with a 95% paired bootstrap interval."""
     y, a, b = np.asarray(y), np.asarray(p_model), np.asarray(p_baseline)
+    if y.min() == y.max():  # one label only: no ranking to compare
+        return {"estimate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
     rng = np.random.default_rng(seed)
     gains = []
     for _ in range(rounds):
@@ -61,6 +64,16 @@ def paired_bootstrap_auc_gain(
         gains.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
     low, high = np.percentile(gains, [2.5, 97.5])
     return {"estimate": float(roc_auc_score(y, a) - roc_auc_score(y, b)), "ci_low": float(low), "ci_high": float(high)}
+
+
+def ece_noise_bound(p: np.ndarray, rounds: int = 200, quantile: float = 0.95, seed: int = 0) -> float:
+    """The ECE that a perfectly calibrated model would still show on these members `quantile` of the time:
+    labels drawn as Bernoulli(p), ECE measured, the quantile over `rounds` draws. On a small holdout an
+    ECE below this is sampling noise, not miscalibration."""
+    p = np.clip(np.asarray(p, dtype=float), 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    draws = [expected_calibration_error(rng.random(len(p)) < p, p) for _ in range(rounds)]
+    return float(np.quantile(draws, quantile))
 
 
 def qini_curve(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ from retain.config import Config
 from retain.dataset import Dataset
 from retain.engine import LocalEngine
 from retain.errors import RetainError
-from retain.scoring import REASONS_PER_MEMBER, Scorer
+from retain.scoring import MODELS, REASONS_PER_MEMBER, Scorer
 
 MANIFEST = "MANIFEST.json"
 LOCK_FILE = ".retain-export.lock"
@@ -189,6 +189,7 @@ def summarize(tables: dict, scored: pd.DataFrame, dataset: Dataset, config: Conf
     return {
         "as_of": day.date().isoformat(),
         "model_versions": dict(sorted(scorer.versions.items())),
+        "model_families": {f"retain-{name}": scorer.family(name) for name in sorted(MODELS)},
         "dataset_fingerprint": dataset.fingerprint,
         "policy": {
             "decisions": asdict(config.decisions),

@@ -99,6 +99,11 @@ class TaskModel:
     bgnbd: btyd.BGNBD
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def family(self) -> str:
+        """What kind of model this is, as /model, the export's summary and the registry tag name it."""
+        return self.metadata.get("family", "lightgbm")
+
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         return self.booster.predict(self.matrix(frame), raw_score=True)
 

@@ -1,5 +1,6 @@
 """The promotion gate: the alias `champion` moves only to a model at least as good on the same held-out
-snapshot, and calibrated well enough to be trusted as a probability."""
+snapshot, and calibrated well enough to be trusted as a probability. A task's first model is always
+promoted, so that every shop that trains has a champion to serve."""
 
 from __future__ import annotations
 
@@ -19,19 +20,22 @@ class Decision:
 
 
 def decide(
-    new: dict[str, float], champion: dict[str, float] | None, tolerance: float, max_ece: float, force: bool = False
+    new: dict[str, float], champion: dict[str, float] | None, tolerance: float, ece_limit: float, force: bool = False
 ) -> Decision:
     """Gate a new model given its held-out metrics and the champion's on the same snapshot.
 
-    Promote when there is no champion yet, or when the new PR-AUC is not lower than the champion's by more
-    than `tolerance` and the new ECE is at most `max_ece`. `force` overrides, and says so.
+    The first model of a task is always promoted: a shop must have a champion to be served (its ECE is
+    in the reason). Later, promote when the new PR-AUC is not lower than the champion's by more than
+    `tolerance` and the new ECE is at most `ece_limit` (training.max_ece, or the sampling noise of a
+    small holdout when that is larger: `evaluation.ece_noise_bound`). `force` overrides, and says so.
     """
     if force:
         return Decision(FORCED, "promoted with --force-promote, bypassing the gate")
-    if new["ece"] > max_ece:
-        return Decision(NOT_PROMOTED, f"ECE {new['ece']:.4f} is above training.max_ece = {max_ece}")
     if champion is None:
-        return Decision(PROMOTED, "first model: there was no champion")
+        note = "" if new["ece"] <= ece_limit else f"; its ECE {new['ece']:.4f} is above the limit {ece_limit:.4f}"
+        return Decision(PROMOTED, f"first model: there was no champion{note}")
+    if new["ece"] > ece_limit:
+        return Decision(NOT_PROMOTED, f"ECE {new['ece']:.4f} is above the limit {ece_limit:.4f}")
     drop = champion["pr_auc"] - new["pr_auc"]
     if drop > tolerance:
         return Decision(

@@ -119,6 +119,10 @@ class Registry:
     def set_alias(self, task: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name(task), alias, version)
 
+    def missing_champions(self, names: tuple[str, ...]) -> list[str]:
+        """The registered names among `names` (tasks) that have no champion yet."""
+        return [model_name(name) for name in names if self.version_by_alias(name) is None]
+
     def version_by_alias(self, task: str, alias: str = CHAMPION) -> RegisteredVersion | None:
         try:
             v = self.client.get_model_version_by_alias(model_name(task), alias)

@@ -55,6 +55,12 @@ class Scorer:
             tags={name: loaded[name][1].tags for name in MODELS},
         )
 
+    def family(self, name: str) -> str:
+        """The kind of each champion: lightgbm for the task models, the uplift model's kind, btyd for value."""
+        if name in TASKS:
+            return self.model(name).family
+        return self.uplift.kind if name == "uplift" else "bgnbd_gamma_gamma"
+
     def model(self, task: str) -> models.TaskModel:
         return self.churn if task == "churn" else self.repurchase
 

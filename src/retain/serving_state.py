@@ -103,6 +103,7 @@ class ServingState:
                 f"retain-{task}": {
                     "version": self.scorer.versions[f"retain-{task}"],
                     "alias": "champion",
+                    "family": self.scorer.family(task),
                     "metrics": {
                         k.removeprefix("retain.metric."): float(v)
                         for k, v in tags.items()
