@@ -122,7 +122,16 @@ def test_backtest_results_have_the_documented_shape(small_shop, config):
     assert doc["dataset"]["fingerprint"] == small_shop.fingerprint
     (result,) = doc["results"]
     assert {"as_of", "task", "horizon_days", "train_horizon_days", "n_members", "positive_rate"} <= set(result)
-    assert set(result["models"]) == {"lightgbm", "bgnbd", "recency", "rfm_logistic", "oracle"}
+    assert set(result["models"]) == {
+        "lightgbm",
+        "lightgbm_anchored",
+        "bgnbd",
+        "bgnbd_expected",
+        "recency",
+        "rfm_logistic",
+        "oracle",
+    }
+    assert result["selected"] in ("lightgbm", "lightgbm_anchored") and result["selection"]["reason"]
     for metrics in result["models"].values():
         assert set(metrics) == {"roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_at_10pct"}
 
@@ -158,11 +167,13 @@ def test_a_small_shop_gets_champions_that_export_and_serve(config, tmp_path):
     registry = Registry(settings.mlflow)
     assert registry.missing_champions(("churn", "repurchase", "uplift", "value")) == []
     tags = registry.version_by_alias("churn", CHAMPION).tags
-    assert tags["retain.model_family"] == "lightgbm" and float(tags["retain.ece_limit"]) >= 0.03
+    family = tags["retain.model_family"]
+    assert family in ("lightgbm", "lightgbm_anchored", "bgnbd") and float(tags["retain.ece_limit"]) >= 0.03
+    assert json.loads(tags["retain.selection"])["selected"] in ("lightgbm", "lightgbm_anchored")
     written = export.run(shop, settings, registry, shop.observed_until, tmp_path / "exports")
-    assert written.status == "written" and written.summary["model_families"]["retain-churn"] == "lightgbm"
+    assert written.status == "written" and written.summary["model_families"]["retain-churn"] == family
     state = ServingState.load(settings, registry, generation=0)
-    assert state.describe()["models"]["retain-churn"]["family"] == "lightgbm"
+    assert state.describe()["models"]["retain-churn"]["family"] == family
     assert json.loads(state.score_response([state.pending.index[0]]))["unknown"] == []
 
 
@@ -206,3 +217,37 @@ def test_retain_serve_without_champions_is_one_sentence(tmp_path):
     )
     assert result.returncode == 2 and "There is no champion for retain-churn" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_selection_at_a_cutoff_reads_nothing_at_or_after_it(small_shop, config, tmp_path):
+    """The same selection and the same served model from the shop cut at C as from the whole shop."""
+    from retain.dataset import open_dataset, write_dataset
+
+    cutoff = pd.Timestamp("2025-01-01")
+    times = {"orders": "ordered_at", "events": "event_at", "offers": "sent_at", "subscriptions": "started_at"}
+    tables = {}
+    for table in ("orders", "members", "events", "offers", "subscriptions", "suppressions"):
+        if small_shop.has(table):
+            frame = small_shop.read(table)
+            tables[table] = frame[frame[times[table]] < cutoff] if table in times else frame
+    write_dataset(tmp_path / "cut", tables, cutoff, "CNY")
+    cut = open_dataset(tmp_path / "cut")
+    whole = backtest.fit_for_cutoff(backtest.Snapshots(small_shop, config), cutoff, "repurchase", 30)
+    before = backtest.fit_for_cutoff(backtest.Snapshots(cut, config), cutoff, "repurchase", 30)
+    assert whole.selection == before.selection and whole.selection["as_of"] == "2024-12-02"
+    x = backtest.Snapshots(small_shop, config).features(cutoff, 30)
+    np.testing.assert_array_equal(whole.model.predict(x), before.model.predict(x))
+
+
+def test_on_a_bgnbd_shop_the_served_model_is_anchored_or_as_good_as_bgnbd(tmp_path, config):
+    from retain.dataset import open_dataset
+    from retain.simulate import simulate_bgnbd
+
+    simulate_bgnbd(
+        tmp_path / "bgnbd", 6000, 104.0, 0.243, 4.414, 0.793, 2.426, seed=5, start=pd.Timestamp("2024-01-01")
+    )
+    shop = open_dataset(tmp_path / "bgnbd")
+    doc = backtest.run_backtest(shop, [pd.Timestamp("2025-07-01")], {"repurchase": 90}, config)
+    (result,) = doc["results"]
+    gain = result["selected_roc_auc_gain_vs_bgnbd"]
+    assert result["selected"] == "lightgbm_anchored" or gain["ci_high"] >= 0, result["selection"]

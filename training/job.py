@@ -101,9 +101,10 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         champion_model, _ = champion
         x = snapshots.features(cutoff, champion_model.horizon_days).reindex(y.index)
         champion_metrics = evaluate(y.to_numpy(), champion_model.predict(x))
-    new_metrics = result["models"]["lightgbm"]
+    served = scores[result["selected"]]  # the pipeline's choice at the held-out cutoff, made before it
+    new_metrics = result["models"][result["selected"]]
     t = config.training
-    ece_limit = max(t.max_ece, ece_noise_bound(scores["lightgbm"], seed=t.seed))
+    ece_limit = max(t.max_ece, ece_noise_bound(served, seed=t.seed))
     decision = promotion.decide(new_metrics, champion_metrics, t.promotion_tolerance, ece_limit, force=force)
     with registry.run(task, run_name=f"{task}-{dataset.observed_until.date()}") as run_id:
         log_run(registry, dataset, config, task, horizon, held_out, refit, result, champion_metrics, decision)
@@ -120,13 +121,17 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         "retain.ece_limit": f"{ece_limit:.6f}",
         **{f"retain.metric.{name}": f"{value:.6f}" for name, value in new_metrics.items()},
         # the held-out calibration curve, which the daily report draws
-        "retain.calibration": json.dumps(calibration_table(y.to_numpy(), scores["lightgbm"])),
+        "retain.calibration": json.dumps(calibration_table(y.to_numpy(), served)),
+        "retain.selection": json.dumps(refit.selection),
     }
     if force:
         tags["retain.forced_by"] = os.environ.get("USER") or getpass.getuser()
     registry.tag_version(task, version, tags)
     registry.set_alias(task, CHAMPION if decision.promote else CHALLENGER, version)
-    console.print(f"{task}: version {version} {decision.decision} ({decision.reason})")
+    console.print(
+        f"{task}: version {version} ({refit.model.family}; {refit.selection['reason']}) {decision.decision} "
+        f"({decision.reason})"
+    )
     return {**result, "registered_version": version, "decision": decision.decision}
 
 
@@ -248,15 +253,19 @@ def log_run(registry, dataset, config, task, horizon, held_out, refit, result, c
             "n_features": len(refit.model.feature_names),
             "refit_training_rows": refit.training_rows,
             "best_iteration": refit.model.metadata.get("best_iteration"),
+            "model_family": refit.model.family,
+            "selected": refit.selected,
+            "trees": refit.model.metadata.get("trees", refit.model.metadata.get("best_iteration")),
             **{f"training.{k}": v for k, v in vars(config.training).items()},
             **{f"lightgbm.{k}": v for k, v in LIGHTGBM_PARAMS.items()},
         }
     )
     registry.log_dict({"features": refit.model.feature_names}, "features.json")
     registry.log_dict(result, "held_out_result.json")
+    registry.log_dict({"held_out": result["selection"], "served": refit.selection}, "selection.json")
     metrics = {f"{model}.{name}": value for model, values in result["models"].items() for name, value in values.items()}
-    gain = result["lightgbm_roc_auc_gain_vs_bgnbd"]
-    metrics.update({f"lightgbm_vs_bgnbd.roc_auc_gain.{k}": v for k, v in gain.items()})
+    gain = result["selected_roc_auc_gain_vs_bgnbd"]
+    metrics.update({f"served_vs_bgnbd.roc_auc_gain.{k}": v for k, v in gain.items()})
     if champion_metrics:
         metrics.update({f"champion.{k}": v for k, v in champion_metrics.items()})
     metrics.update({"n_members": result["n_members"], "positive_rate": result["positive_rate"]})

@@ -1,7 +1,10 @@
 """Backtests over time: fit on monthly snapshots whose label windows close before a cutoff, evaluate at the
 cutoff against the baselines on exactly the same members. Never a random split.
 
-The training job and `retain backtest` share `fit_for_cutoff` and `evaluate_at`.
+At every cutoff C both candidates (`retain.selection`) are fitted, and the one the product serves is
+selected by the same fit-and-evaluate one horizon earlier, at C - h, whose labels close by C: selection
+is part of the model and never sees data at or after C. The training job and `retain backtest` share
+`fit_for_cutoff` and `evaluate_at`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from retain import features as feature_builder
-from retain import labels, models
+from retain import labels, models, selection
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.errors import RetainError
@@ -76,6 +79,7 @@ class Snapshots:
         self.engine = engine  # a retain.engine engine; None: DuckDB in this process
         self._features: dict[pd.Timestamp, pd.DataFrame] = {}
         self._bgnbd: dict[pd.Timestamp, object] = {}
+        self.fits: dict[tuple, FittedTask] = {}  # (as_of, task, horizon) -> the candidates fitted there
 
     def base_features(self, as_of: pd.Timestamp) -> pd.DataFrame:
         """Point-in-time features as `features.build` returns them."""
@@ -109,37 +113,67 @@ class Snapshots:
 
 @dataclass
 class FittedTask:
-    """The main model and the baselines fitted for one cutoff and task."""
+    """The candidates, the selection among them and the baselines fitted for one cutoff and task."""
 
     plan: SnapshotPlan
-    model: models.TaskModel
+    candidates: dict[str, models.TaskModel]
     recency_rule: object
     rfm_logistic: object
     training_rows: int = 0
+    selection: dict | None = None  # retain.selection.choose, made before the cutoff
+
+    @property
+    def selected(self) -> str:
+        return (self.selection or selection.default(""))["selected"]
+
+    @property
+    def model(self) -> models.TaskModel:
+        """The candidate the product serves for this cutoff."""
+        return self.candidates[self.selected]
 
 
-def fit_for_cutoff(snapshots: Snapshots, as_of: pd.Timestamp, task: str, horizon_days: int) -> FittedTask:
-    """Fit LightGBM (older snapshots), calibrate it (latest snapshot) and fit the baselines for `as_of`."""
-    plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
-    x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
-    x_cal, y_cal = snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
-    model = models.fit_task_model(
-        task,
-        plan.train_horizon_days,
-        x_fit,
-        y_fit,
-        x_cal,
-        y_cal,
-        snapshots.config.training.seed,
-        bgnbd=snapshots.bgnbd(plan.calibration_dates[0]),
-    )
-    return FittedTask(
-        plan,
-        model,
-        models.fit_recency_rule(x_fit, y_fit, task),
-        models.fit_rfm_logistic(x_fit, y_fit),
-        training_rows=len(x_fit) + len(x_cal),
-    )
+def fit_for_cutoff(
+    snapshots: Snapshots, as_of: pd.Timestamp, task: str, horizon_days: int, select: bool = True
+) -> FittedTask:
+    """Fit the candidates (older snapshots), calibrate them (latest snapshots) and the baselines for
+    `as_of`; with `select`, choose among them by the backtest one horizon earlier (`select_before`)."""
+    key = (as_of, task, horizon_days)
+    if key not in snapshots.fits:
+        plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
+        x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
+        x_cal, y_cal = snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
+        bgnbd = snapshots.bgnbd(plan.calibration_dates[0])
+        seed = snapshots.config.training.seed
+        candidates = {
+            name: models.fit_task_model(
+                task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, seed, bgnbd, anchored=name != "lightgbm"
+            )
+            for name in selection.CANDIDATES
+        }
+        rules = models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit)
+        snapshots.fits[key] = FittedTask(plan, candidates, *rules, training_rows=len(x_fit) + len(x_cal))
+    fitted = snapshots.fits[key]
+    if select and fitted.selection is None:
+        fitted.selection = select_before(snapshots, fitted.plan, task)
+    return fitted
+
+
+def select_before(snapshots: Snapshots, plan: SnapshotPlan, task: str) -> dict:
+    """The selection for cutoff `plan.as_of`: every candidate fitted at C - h and scored on [C - h, C),
+    with h the horizon the cutoff trains on, so nothing at or after C is read."""
+    h = plan.train_horizon_days
+    earlier = plan.as_of - pd.Timedelta(days=h)
+    try:
+        fitted = fit_for_cutoff(snapshots, earlier, task, h, select=False)
+        x, y = snapshots.labelled(earlier, task, h)
+    except RetainError as exc:
+        return selection.default(f"no earlier cutoff to select on ({exc})")
+    if y.nunique() < 2:
+        return selection.default(f"one label only on {earlier.date()}")
+    if fitted.plan.shortened:  # the candidates expect BTYD features at the horizon they trained on
+        x = snapshots.features(earlier, fitted.plan.train_horizon_days).reindex(y.index)
+    scores = {name: model.predict(x) for name, model in fitted.candidates.items()}
+    return selection.choose(y.to_numpy(), scores, earlier.date().isoformat())
 
 
 def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
@@ -150,8 +184,9 @@ def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.S
         x_model = snapshots.features(plan.as_of, plan.train_horizon_days)
     x_requested = snapshots.features(plan.as_of, plan.horizon_days)
     scores = {
-        "lightgbm": fitted.model.predict(x_model),
+        **{name: model.predict(x_model) for name, model in fitted.candidates.items()},
         "bgnbd": models.bgnbd_score(x_requested, task),
+        "bgnbd_expected": models.bgnbd_expected_score(x_requested, task),
         "recency": fitted.recency_rule.predict(x_requested["recency_days"]),
         "rfm_logistic": fitted.rfm_logistic.predict_proba(x_requested[models.RFM_COLUMNS].clip(lower=0))[:, 1],
     }
@@ -187,11 +222,16 @@ def evaluate_at(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[di
         "n_members": int(len(y)),
         "positive_rate": float(y.mean()),
         "models": {name: evaluate(y.to_numpy(), p) for name, p in scores.items()},
-        "lightgbm_roc_auc_gain_vs_bgnbd": paired_bootstrap_auc_gain(y.to_numpy(), scores["lightgbm"], scores["bgnbd"]),
+        "selected": fitted.selected,
+        "selected_family": fitted.model.family,
+        "selection": fitted.selection,
+        "selected_roc_auc_gain_vs_bgnbd": paired_bootstrap_auc_gain(
+            y.to_numpy(), scores[fitted.selected], scores["bgnbd"]
+        ),
     }
     if "oracle" in scores:
-        result["lightgbm_share_of_oracle_roc_auc"] = (
-            result["models"]["lightgbm"]["roc_auc"] / result["models"]["oracle"]["roc_auc"]
+        result["selected_share_of_oracle_roc_auc"] = (
+            result["models"][fitted.selected]["roc_auc"] / result["models"]["oracle"]["roc_auc"]
         )
     return result, y, scores
 
@@ -256,6 +296,8 @@ def results_table(results: list[dict], title: str = "backtest"):
             horizon += f" (trained on {r['train_horizon_days']}d)"
         for i, (name, m) in enumerate(r["models"].items()):
             first = i == 0
+            if name == r.get("selected"):
+                name = f"{name} * ({r['selected_family']})"  # what the product serves at this cutoff
             table.add_row(
                 r["as_of"] if first else "",
                 r["task"] if first else "",
@@ -270,14 +312,14 @@ def results_table(results: list[dict], title: str = "backtest"):
                 f"{m['lift_at_10pct']:.2f}",
                 end_section=i == len(r["models"]) - 1,
             )
-        gain = r["lightgbm_roc_auc_gain_vs_bgnbd"]
+        gain = r["selected_roc_auc_gain_vs_bgnbd"]
         table.add_row(
             "",
             "",
             "",
             "",
             "",
-            "LightGBM − BG/NBD",
+            "served − BG/NBD",
             f"{gain['estimate']:+.4f} [{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]",
             "",
             "",

@@ -1,0 +1,54 @@
+"""Choosing the model a shop is served: the candidate with the lowest log loss on a backtest before the
+cutoff, unless a simpler candidate is within the paired-bootstrap interval of it.
+
+Candidates, simplest first: `lightgbm_anchored` (trees correcting BG/NBD's log-odds; with no tree kept it
+is calibrated BG/NBD) and `lightgbm` (trees on every feature, BG/NBD's among them). Log loss, because it
+is a proper score: it rewards the probabilities a retention team reads, not only the ranking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import log_loss
+
+CANDIDATES = ("lightgbm_anchored", "lightgbm")  # simplest first
+DEFAULT = CANDIDATES[0]  # without history enough to select on: trust BG/NBD and let trees correct it
+EPSILON = 1e-6
+
+
+def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), EPSILON, 1 - EPSILON)
+    y = np.asarray(y, dtype=float)
+    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def log_loss_gap(y: np.ndarray, simpler: np.ndarray, better: np.ndarray, rounds: int = 300, seed: int = 0) -> dict:
+    """Log loss of `simpler` minus that of `better` on the same members, with a 95% paired bootstrap."""
+    gap = row_log_loss(y, simpler) - row_log_loss(y, better)
+    rng = np.random.default_rng(seed)
+    means = [gap[rng.integers(0, len(gap), len(gap))].mean() for _ in range(rounds)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"estimate": float(gap.mean()), "ci_low": float(low), "ci_high": float(high)}
+
+
+def choose(y: np.ndarray, scores: dict[str, np.ndarray], as_of: str) -> dict:
+    """The selection made on one backtest cutoff `as_of`: every candidate's log loss, the chosen key and why."""
+    losses = {
+        name: float(log_loss(y, np.clip(scores[name], EPSILON, 1 - EPSILON), labels=[0, 1])) for name in CANDIDATES
+    }
+    best = min(CANDIDATES, key=lambda name: losses[name])
+    selected, reason = best, f"lowest log loss on {as_of}"
+    for simpler in CANDIDATES[: CANDIDATES.index(best)]:
+        gap = log_loss_gap(y, scores[simpler], scores[best])
+        if gap["ci_low"] <= 0:
+            selected = simpler
+            reason = (
+                f"{simpler} is within the interval of {best} on {as_of} (log loss gap {gap['estimate']:+.5f} "
+                f"[{gap['ci_low']:+.5f}, {gap['ci_high']:+.5f}]): the simpler one"
+            )
+            break
+    return {"as_of": as_of, "log_loss": losses, "selected": selected, "reason": reason}
+
+
+def default(reason: str) -> dict:
+    return {"as_of": None, "log_loss": {}, "selected": DEFAULT, "reason": reason}
