@@ -146,7 +146,7 @@ def fit_for_cutoff(
         seed = snapshots.config.training.seed
         candidates = {
             name: models.fit_task_model(
-                task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, seed, bgnbd, anchored=name != "lightgbm"
+                task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, seed, bgnbd, selection.ANCHOR_OF[name]
             )
             for name in selection.CANDIDATES
         }
@@ -183,8 +183,12 @@ def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.S
     if plan.shortened:  # the model expects BTYD features at the horizon it was trained on
         x_model = snapshots.features(plan.as_of, plan.train_horizon_days)
     x_requested = snapshots.features(plan.as_of, plan.horizon_days)
+
+    def requested_anchor(model: models.TaskModel) -> np.ndarray | None:  # see TaskModel.raw_matrix
+        return x_requested[model.anchor].to_numpy() if plan.shortened and model.anchored else None
+
     scores = {
-        **{name: model.predict(x_model) for name, model in fitted.candidates.items()},
+        **{name: model.predict(x_model, requested_anchor(model)) for name, model in fitted.candidates.items()},
         "bgnbd": models.bgnbd_score(x_requested, task),
         "bgnbd_expected": models.bgnbd_expected_score(x_requested, task),
         "recency": fitted.recency_rule.predict(x_requested["recency_days"]),

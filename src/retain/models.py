@@ -41,7 +41,9 @@ MAX_TREES = 1000
 EARLY_STOPPING_ROUNDS = 30
 RFM_COLUMNS = ["recency_days", "frequency", "monetary_mean"]
 BTYD_COLUMNS = ["bgnbd_p_alive", "bgnbd_expected_purchases", "bgnbd_p_purchase"]
-ANCHOR_FEATURE = "bgnbd_p_purchase"  # the anchored model starts from BG/NBD's P(any purchase in the horizon)
+# An anchored model starts from BG/NBD's log-odds, read from P(any purchase in the horizon) or from the
+# expected purchases E[X] as a Poisson P(at least one): on CDNOW E[X] ranks better, elsewhere P(any).
+ANCHORS = ("bgnbd_p_purchase", "bgnbd_expected_purchases")
 
 
 def add_btyd_features(
@@ -111,28 +113,38 @@ class TaskModel:
         return "bgnbd" if self.metadata.get("trees") == 0 else "lightgbm_anchored"
 
     @property
-    def anchored(self) -> bool:
-        return bool(self.metadata.get("anchored", False))
+    def anchor(self) -> str | None:
+        """The BG/NBD column the model is anchored on (one of ANCHORS), or None."""
+        return self.metadata.get("anchor")
 
-    def raw_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """The uncalibrated log-odds: the trees, plus the BG/NBD anchor for an anchored model."""
+    @property
+    def anchored(self) -> bool:
+        return self.anchor is not None
+
+    def raw_matrix(self, matrix: np.ndarray, anchor_p: np.ndarray | None = None) -> np.ndarray:
+        """The uncalibrated log-odds: the trees, plus the BG/NBD anchor for an anchored model.
+
+        `anchor_p`: the anchor column's value over a longer horizon than the model trained on (a young
+        shop, CDNOW's 273 days): the anchor then says that horizon's odds and the trees add the
+        corrections they learnt, so the probability is extrapolated through BG/NBD, not relabelled."""
         trees = self.metadata.get("trees")  # None: every tree up to the early-stopping best
         raw = np.zeros(len(matrix)) if trees == 0 else self.booster.predict(matrix, raw_score=True, num_iteration=trees)
         if self.anchored:
-            raw = raw + btyd_anchor(matrix[:, self.feature_names.index(ANCHOR_FEATURE)], self.task)
+            value = matrix[:, self.feature_names.index(self.anchor)] if anchor_p is None else anchor_p
+            raw = raw + btyd_anchor(value, self.task, self.anchor)
         return raw
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         return self.raw_matrix(self.matrix(frame))
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Calibrated probability of the task's positive label for each row."""
-        return self.predict_matrix(self.matrix(frame))
+    def predict(self, frame: pd.DataFrame, anchor_p: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probability of the task's positive label for each row (`anchor_p`: see raw_matrix)."""
+        return self.predict_matrix(self.matrix(frame), anchor_p)
 
-    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+    def predict_matrix(self, matrix: np.ndarray, anchor_p: np.ndarray | None = None) -> np.ndarray:
         """`predict` on the model's columns already in order: Platt's sigmoid written out, which skips
         scikit-learn's input checks (they cost more than the booster on a single member)."""
-        raw = self.raw_matrix(matrix)
+        raw = self.raw_matrix(matrix, anchor_p)
         return special.expit(self.calibrator.coef_[0, 0] * raw + self.calibrator.intercept_[0])
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -148,8 +160,8 @@ class TaskModel:
         else:
             values = self.booster.predict(matrix, pred_contrib=True, num_threads=threads, num_iteration=trees)[:, :-1]
         if self.anchored:  # the anchor's push, against its training mean, counts for BG/NBD's P(purchase)
-            column = self.feature_names.index(ANCHOR_FEATURE)
-            anchor = btyd_anchor(matrix[:, column], self.task)
+            column = self.feature_names.index(self.anchor)
+            anchor = btyd_anchor(matrix[:, column], self.task, self.anchor)
             values[:, column] += anchor - self.metadata.get("anchor_mean", 0.0)
         return pd.DataFrame(values, index=frame.index, columns=self.feature_names)
 
@@ -158,9 +170,12 @@ class TaskModel:
         return frame.reindex(columns=self.feature_names).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def btyd_anchor(p_purchase: np.ndarray, task: str) -> np.ndarray:
-    """BG/NBD's log-odds of the task's label from its P(at least one purchase in the horizon)."""
-    p = np.clip(np.nan_to_num(p_purchase, nan=0.5), 1e-6, 1 - 1e-6)
+def btyd_anchor(values: np.ndarray, task: str, column: str = ANCHORS[0]) -> np.ndarray:
+    """BG/NBD's log-odds of the task's label from one of its columns over the horizon: P(any purchase),
+    or the expected purchases E[X] read as a Poisson P(at least one) = 1 - exp(-E[X])."""
+    values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    p = values if column == "bgnbd_p_purchase" else -np.expm1(-values)
+    p = np.clip(p, 1e-6, 1 - 1e-6)
     logit = np.log(p) - np.log1p(-p)
     return -logit if task == "churn" else logit
 
@@ -174,11 +189,11 @@ def fit_task_model(
     y_calibration: pd.Series,
     seed: int,
     bgnbd: btyd.BGNBD,
-    anchored: bool = False,
+    anchor: str | None = None,
 ) -> TaskModel:
     """Fit LightGBM on the older snapshots and calibrate it on the later slice.
 
-    `anchored`: the trees start from BG/NBD's log-odds (LightGBM's `init_score`) and learn only
+    `anchor` (one of ANCHORS): the trees start from BG/NBD's log-odds (LightGBM's `init_score`) and learn only
     corrections, stopping early on the later slice; when BG/NBD alone scores that slice at least as well,
     no tree is kept and the model is BG/NBD, calibrated.
 
@@ -192,8 +207,8 @@ def fit_task_model(
         )
     x_train = train[names].to_numpy(dtype=np.float64, na_value=np.nan)
     x_cal = calibration[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    init_train = btyd_anchor(train[ANCHOR_FEATURE].to_numpy(), task) if anchored else None
-    init_cal = btyd_anchor(calibration[ANCHOR_FEATURE].to_numpy(), task) if anchored else None
+    init_train = btyd_anchor(train[anchor].to_numpy(), task, anchor) if anchor else None
+    init_cal = btyd_anchor(calibration[anchor].to_numpy(), task, anchor) if anchor else None
     params = {**LIGHTGBM_PARAMS, "seed": seed}
     train_set = lgb.Dataset(x_train, y_train.to_numpy(), init_score=init_train, feature_name=names, free_raw_data=True)
     valid_set = lgb.Dataset(x_cal, y_calibration.to_numpy(), init_score=init_cal, reference=train_set)
@@ -204,8 +219,8 @@ def fit_task_model(
         valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
     )
-    metadata: dict = {"best_iteration": booster.best_iteration, "anchored": anchored}
-    if anchored:
+    metadata: dict = {"best_iteration": booster.best_iteration, "anchor": anchor}
+    if anchor:
         y_cal = y_calibration.to_numpy()
         with_trees = init_cal + booster.predict(x_cal, raw_score=True, num_iteration=booster.best_iteration)
         anchor_only = sklearn_log_loss(y_cal, special.expit(init_cal), labels=[0, 1])

@@ -87,14 +87,27 @@ class Scorer:
             matrix[:, j] = extra[name] if name in extra else column(name)
         return matrix
 
+    def anchor_at_horizon(self, summary: dict[str, np.ndarray], task: str) -> np.ndarray | None:
+        """The anchor column over the task's configured horizon when an anchored model trained on a shorter
+        one (see `TaskModel.raw_matrix`); None otherwise."""
+        model = self.model(task)
+        horizon = getattr(self.config.labels, f"{task}_horizon_days")
+        if not model.anchored or model.horizon_days == horizon:
+            return None
+        return models.btyd_feature_arrays(model.bgnbd, summary, horizon)[model.anchor]
+
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
         budget: `segment`, `action`, `offer_detail`, `expected_value`, `cost`, `coupon_uplift`, `value`."""
         column = decisions.columns_of(features)
         summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
         n = len(features)
-        churn = self.churn.predict_matrix(self.model_matrix(column, summary, n, as_of, "churn"))
-        repurchase = self.repurchase.predict_matrix(self.model_matrix(column, summary, n, as_of, "repurchase"))
+        churn = self.churn.predict_matrix(
+            self.model_matrix(column, summary, n, as_of, "churn"), self.anchor_at_horizon(summary, "churn")
+        )
+        repurchase = self.repurchase.predict_matrix(
+            self.model_matrix(column, summary, n, as_of, "repurchase"), self.anchor_at_horizon(summary, "repurchase")
+        )
         decided = decisions.decide_arrays(column, summary, churn, repurchase, self.value, self.uplift, self.config)
         return pd.DataFrame({"churn_risk": churn, "repurchase_prob": repurchase, **decided}, index=features.index)
 

@@ -1,8 +1,9 @@
 """Choosing the model a shop is served: the candidate with the lowest log loss on a backtest before the
 cutoff, unless a simpler candidate is within the paired-bootstrap interval of it.
 
-Candidates, simplest first: `lightgbm_anchored` (trees correcting BG/NBD's log-odds; with no tree kept it
-is calibrated BG/NBD) and `lightgbm` (trees on every feature, BG/NBD's among them). Log loss, because it
+Candidates, simplest first: `lightgbm_anchored` and `lightgbm_anchored_expected` (trees correcting BG/NBD's
+log-odds, read from P(any purchase) or from E[X]; with no tree kept the model is calibrated BG/NBD) and
+`lightgbm` (trees on every feature, BG/NBD's among them). Log loss, because it
 is a proper score: it rewards the probabilities a retention team reads, not only the ranking.
 """
 
@@ -11,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import log_loss
 
-CANDIDATES = ("lightgbm_anchored", "lightgbm")  # simplest first
+# Simplest first; each with the BG/NBD column its trees start from (models.ANCHORS), or None.
+ANCHOR_OF = {
+    "lightgbm_anchored": "bgnbd_p_purchase",
+    "lightgbm_anchored_expected": "bgnbd_expected_purchases",
+    "lightgbm": None,
+}
+CANDIDATES = tuple(ANCHOR_OF)
 DEFAULT = CANDIDATES[0]  # without history enough to select on: trust BG/NBD and let trees correct it
 EPSILON = 1e-6
 
