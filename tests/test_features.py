@@ -184,3 +184,32 @@ def test_a_row_exactly_at_as_of_belongs_to_the_label_window(tmp_path, config):
     churn = labels.build(ds, AS_OF, "churn", 30)
     assert churn.to_dict() == {"a": 0, "b": 1}  # b's order is at as_of + 30 days: outside the window
     assert labels.build(ds, AS_OF, "repurchase", 30).to_dict() == {"a": 1, "b": 0}
+
+
+def test_an_undated_refund_counts_from_its_order_date_plus_the_refund_delay(tmp_path, config):
+    orders = orders_frame(
+        [
+            ("a", "2025-01-05", 50, "食品", "refunded", None),  # no refunded_at: known from 2025-01-19
+            ("a", "2025-01-25", 50, "食品", "refunded", None),  # known only from 2025-02-08, after as_of
+            ("a", "2025-01-26", 50),
+        ]
+    )
+    ds = make_dataset(tmp_path, {"orders": orders}, "2025-03-01")
+    got = features.build(ds, AS_OF, config.data)  # data.refund_delay_days = 14
+    assert got.loc["a", "refund_share"] == pytest.approx(1 / 3)  # the first only: the second is the future
+    assert got.loc["a", "frequency"] == 2
+
+
+def test_a_tier_counts_only_where_it_was_held_before_as_of(tmp_path, config):
+    orders = orders_frame([(m, "2025-01-10", 10) for m in ("a", "b", "c")])
+    members = pd.DataFrame(
+        {
+            "member_id": ["a", "b", "c"],
+            "joined_at": pd.to_datetime(["2024-01-01"] * 3).astype("datetime64[us]"),
+            "tier": ["gold", "gold", "gold"],
+            "tier_since": pd.to_datetime(["2024-06-01", "2025-03-01", None]).astype("datetime64[us]"),
+        }
+    )
+    ds = make_dataset(tmp_path, {"orders": orders, "members": members}, "2025-04-01")
+    tiers = features.build(ds, AS_OF, config.data)["tier_level"]
+    assert tiers["a"] == 3 and np.isnan(tiers["b"]) and np.isnan(tiers["c"])  # b's gold is the future

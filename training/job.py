@@ -72,6 +72,8 @@ def train_with(dataset: Dataset, config: Config, force: bool, snapshots: backtes
     with console.status("training") as status:
         status.update("checking the shop's history and fitting the value model")
         value_model = fit_value(snapshots)  # before anything is registered: a tiny shop stops here
+        for note in point_in_time_notes(dataset, config):
+            console.print(note)
         for task, horizon in tasks.items():
             status.update(f"{task}: fitting and evaluating on the held-out cutoff")
             results.append(train_task(registry, snapshots, task, horizon, force))
@@ -195,6 +197,28 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     registry.set_alias("uplift", CHAMPION, version)
     console.print(f"uplift: version {version} champion ({reason})")
     return metrics
+
+
+def point_in_time_notes(dataset: Dataset, config: Config) -> list[str]:
+    """What the features cannot date on this shop, said once per run: a tier without `tier_since` (left
+    out), refunds without `refunded_at` (counted from the order date plus data.refund_delay_days)."""
+    notes = []
+    if dataset.has("members"):
+        members = dataset.read("members")
+        if "tier" in members and members["tier"].notna().any():
+            if "tier_since" not in members or members["tier_since"].isna().all():
+                notes.append("tier: not used (the members table has no tier_since, so today's tier would leak)")
+    orders = dataset.read("orders")
+    if "status" in orders:
+        refunded = orders["status"].eq("refunded")
+        dated = orders["refunded_at"].notna() if "refunded_at" in orders else pd.Series(False, index=orders.index)
+        undated = int((refunded & ~dated).sum())
+        if undated:
+            notes.append(
+                f"refunds: {undated:,} of {int(refunded.sum()):,} have no refunded_at; each counts from its order "
+                f"date plus {config.data.refund_delay_days} days (data.refund_delay_days)"
+            )
+    return notes
 
 
 def fit_value(snapshots: backtest.Snapshots) -> ValueModel:

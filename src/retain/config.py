@@ -37,6 +37,7 @@ class DataConfig:
     categories: dict[str, str] = field(default_factory=dict)
     replenishment_categories: list[str] = field(default_factory=list)
     promotion_windows: list[list[str]] = field(default_factory=list)
+    refund_delay_days: int = 14  # a refund without refunded_at counts from its order date plus this
 
 
 @dataclass(frozen=True)

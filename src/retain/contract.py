@@ -20,6 +20,7 @@ STATUS = "status"
 REFUNDED_AT = "refunded_at"
 JOINED_AT = "joined_at"
 TIER = "tier"
+TIER_SINCE = "tier_since"  # when the member reached the tier they hold now
 EVENT_AT = "event_at"
 EVENT_TYPE = "event_type"
 OFFER_ID = "offer_id"
@@ -56,7 +57,9 @@ TABLES: dict[str, dict[str, object]] = {
         STATUS: STATUSES,
         REFUNDED_AT: "timestamp",
     },
-    "members": {MEMBER_ID: "id", JOINED_AT: "timestamp", TIER: TIERS},
+    # A tier counts at a past as_of only when it was held then (tier_since before it): a shop's members
+    # table holds today's tier, which at an earlier date would be the future.
+    "members": {MEMBER_ID: "id", JOINED_AT: "timestamp", TIER: TIERS, TIER_SINCE: "timestamp"},
     "events": {MEMBER_ID: "id", EVENT_AT: "timestamp", EVENT_TYPE: EVENT_TYPES, CATEGORY: "text"},
     "offers": {
         OFFER_ID: "id",

@@ -118,7 +118,7 @@ def compute(
 ) -> pd.DataFrame:
     """Run every feature family whose tables are present and join them on `member_id`."""
     params = sql_params(as_of, data_config.promotion_windows)
-    prepare(con, as_of)
+    prepare(con, as_of, data_config.refund_delay_days)
     paid_aggregates = [read_sql(name) for name in AGGREGATE_FAMILIES["paid"]]
     paid_aggregates.append(category_mix_aggregates(data_config.categories))
     families = [("paid", aggregates_query("paid", paid_aggregates))]
@@ -179,9 +179,11 @@ def sql_params(as_of: pd.Timestamp, promotion_windows: list[list[str]] = ()) -> 
     }
 
 
-def prepare(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp) -> None:
-    """Create the `known_orders` and `paid` views as of `as_of` over the registered `orders`."""
-    con.execute(bind(read_sql("prepare"), sql_params(as_of)))
+def prepare(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp, refund_delay_days: int | None = None) -> None:
+    """Create the `known_orders` and `paid` views as of `as_of` over the registered `orders`. A refund
+    without `refunded_at` counts from its order date plus `refund_delay_days` (None: at once)."""
+    known = "TRUE" if refund_delay_days is None else f"ordered_at + INTERVAL {int(refund_delay_days)} DAY < :as_of"
+    con.execute(bind(read_sql("prepare").replace(":undated_refund_known", known), sql_params(as_of)))
 
 
 def bind(sql: str, params: dict[str, str]) -> str:

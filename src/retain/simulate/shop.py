@@ -45,7 +45,14 @@ TABLE_SCHEMAS = {
             (c.REFUNDED_AT, pa.timestamp("us")),
         ]
     ),
-    "members": pa.schema([(c.MEMBER_ID, pa.string()), (c.JOINED_AT, pa.timestamp("us")), (c.TIER, pa.string())]),
+    "members": pa.schema(
+        [
+            (c.MEMBER_ID, pa.string()),
+            (c.JOINED_AT, pa.timestamp("us")),
+            (c.TIER, pa.string()),
+            (c.TIER_SINCE, pa.timestamp("us")),
+        ]
+    ),
     "events": pa.schema(
         [
             (c.MEMBER_ID, pa.string()),

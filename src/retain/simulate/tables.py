@@ -58,11 +58,13 @@ def chunk_tables(
         calendar,
     )
     events = _events(rng, m, h, member_ids, order_member, ordered_us, start_us)
+    joined = timestamps(start_us, m.join_day, rng.integers(0, 86_400, n))
     members = pa.table(
         {
             c.MEMBER_ID: member_ids,
-            c.JOINED_AT: timestamps(start_us, m.join_day, rng.integers(0, 86_400, n)),
+            c.JOINED_AT: joined,
             c.TIER: TIER_NAMES.take(pa.array(m.tier)),
+            c.TIER_SINCE: joined,  # the simulated tiers never change: each is held since joining
         }
     )
     return {
