@@ -96,7 +96,7 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
     cutoff = dataset.observed_until - pd.Timedelta(days=horizon)
     held_out = backtest.fit_for_cutoff(snapshots, cutoff, task, horizon)
     result, y, scores = backtest.evaluate_at(snapshots, held_out, task)
-    refit = backtest.fit_for_cutoff(snapshots, dataset.observed_until, task, horizon)
+    refit = backtest.fit_for_cutoff(snapshots, dataset.observed_until, task, horizon, only_selected=True)
     champion = registry.load(task, CHAMPION)
     champion_metrics = None
     if champion is not None:

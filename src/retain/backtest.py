@@ -133,13 +133,21 @@ class FittedTask:
 
 
 def fit_for_cutoff(
-    snapshots: Snapshots, as_of: pd.Timestamp, task: str, horizon_days: int, select: bool = True
+    snapshots: Snapshots,
+    as_of: pd.Timestamp,
+    task: str,
+    horizon_days: int,
+    select: bool = True,
+    only_selected: bool = False,
 ) -> FittedTask:
     """Fit the candidates (older snapshots), calibrate them (latest snapshots) and the baselines for
-    `as_of`; with `select`, choose among them by the backtest one horizon earlier (`select_before`)."""
-    key = (as_of, task, horizon_days)
+    `as_of`; with `select`, choose among them by the backtest one horizon earlier (`select_before`).
+    `only_selected`: fit just the chosen candidate (the model to register, which nothing compares)."""
+    key = (as_of, task, horizon_days, only_selected)
     if key not in snapshots.fits:
         plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
+        chosen = select_before(snapshots, plan, task) if select else None
+        names = [chosen["selected"]] if only_selected and chosen else list(selection.CANDIDATES)
         x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
         x_cal, y_cal = snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
         bgnbd = snapshots.bgnbd(plan.calibration_dates[0])
@@ -148,10 +156,10 @@ def fit_for_cutoff(
             name: models.fit_task_model(
                 task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, seed, bgnbd, selection.ANCHOR_OF[name]
             )
-            for name in selection.CANDIDATES
+            for name in names
         }
         rules = models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit)
-        snapshots.fits[key] = FittedTask(plan, candidates, *rules, training_rows=len(x_fit) + len(x_cal))
+        snapshots.fits[key] = FittedTask(plan, candidates, *rules, len(x_fit) + len(x_cal), chosen)
     fitted = snapshots.fits[key]
     if select and fitted.selection is None:
         fitted.selection = select_before(snapshots, fitted.plan, task)
