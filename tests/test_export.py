@@ -220,10 +220,11 @@ def export_cli(env: dict, data, out, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_back_dated_export_does_not_move_the_live_service_back(setup, small_shop, tmp_path):
-    _, env, _ = setup
+    config, env, _ = setup
     env = {**env, "RETAIN_SERVING_SNAPSHOT_DIR": str(tmp_path / "snap")}
-    latest = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20")
-    assert latest.returncode == 0 and snapshot.served_as_of(tmp_path / "snap") == DAY
+    own = dataclasses.replace(config, serving=dataclasses.replace(config.serving, snapshot_dir=str(tmp_path / "snap")))
+    export.run(small_shop, own, Registry(config.mlflow), DAY, tmp_path / "out")
+    assert snapshot.served_as_of(tmp_path / "snap") == DAY
     older = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-10")
     assert older.returncode == 0 and "keeps serving 2025-01-20" in older.stdout
     assert (tmp_path / "snap" / "2025-01-10.parquet").exists()
@@ -248,8 +249,8 @@ def test_a_damaged_export_is_refused_and_force_rewrites_it(setup, exported, smal
     assert forced.returncode == 0 and "replaced" in forced.stdout
     assert export.damaged_files(folder) == []
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == {p.name: p.read_bytes() for p in good.iterdir()}
-    again = export_cli(env, small_shop.path, tmp_path / "out", "--date", "2025-01-20", "--force")
-    assert again.returncode == 0 and "replaced" in again.stdout  # --force always rewrites
+    again = export.run(small_shop, config, Registry(config.mlflow), DAY, tmp_path / "out", force=True)
+    assert again.status == "replaced"  # --force always rewrites, even the same content
 
 
 def test_force_never_replaces_a_folder_retain_did_not_write(setup, small_shop, tmp_path):
