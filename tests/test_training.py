@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retain import backtest, models, promotion, selection
+from retain import backtest, promotion, selection
 from retain.evaluation import ece_noise_bound, evaluate, expected_calibration_error
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.snapshot import read_current
@@ -79,9 +79,8 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
     assert frame["churn_risk"].between(0, 1).all() and frame["reason_1_feature"].notna().all()
 
     # A crippled model (a single two-leaf tree) is worse on the same held-out snapshot: not promoted.
-    monkeypatch.setattr(models, "MAX_TREES", 1)
-    monkeypatch.setitem(models.LIGHTGBM_PARAMS, "num_leaves", 2)
-    train(small_shop, job_config)
+    crippled = dataclasses.replace(job_config.lightgbm, max_trees=1, num_leaves=2)
+    train(small_shop, dataclasses.replace(job_config, lightgbm=crippled))
     for task in ("churn", "repurchase"):
         assert registry.version_by_alias(task, CHAMPION).version == "1"
         challenger = registry.version_by_alias(task, CHALLENGER)

@@ -26,7 +26,6 @@ from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
 from retain.evaluation import calibration_table, ece_noise_bound, evaluate, qini_coefficient
-from retain.models import LIGHTGBM_PARAMS
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.scoring import MODELS
 from retain.value import ValueModel, fit_value_model
@@ -281,7 +280,7 @@ def log_run(registry, dataset, config, task, horizon, held_out, refit, result, c
             "selected": refit.selected,
             "trees": refit.model.metadata.get("trees", refit.model.metadata.get("best_iteration")),
             **{f"training.{k}": v for k, v in vars(config.training).items()},
-            **{f"lightgbm.{k}": v for k, v in LIGHTGBM_PARAMS.items()},
+            **{f"lightgbm.{k}": v for k, v in vars(config.lightgbm).items()},
         }
     )
     registry.log_dict({"features": refit.model.feature_names}, "features.json")

@@ -154,7 +154,16 @@ def fit_for_cutoff(
         seed = snapshots.config.training.seed
         candidates = {
             name: models.fit_task_model(
-                task, plan.train_horizon_days, x_fit, y_fit, x_cal, y_cal, seed, bgnbd, selection.ANCHOR_OF[name]
+                task,
+                plan.train_horizon_days,
+                x_fit,
+                y_fit,
+                x_cal,
+                y_cal,
+                seed,
+                bgnbd,
+                selection.ANCHOR_OF[name],
+                snapshots.config.lightgbm,
             )
             for name in names
         }

@@ -63,6 +63,29 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class LightGBMConfig:
+    """The trees of the churn and repurchase candidates (the uplift arms derive theirs from these)."""
+
+    learning_rate: float = 0.1
+    max_bin: int = 63
+    num_leaves: int = 15
+    min_child_samples: int = 200
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    num_threads: int = 2
+    max_trees: int = 1000
+    early_stopping_rounds: int = 30
+
+    def params(self) -> dict:
+        """The parameters `lightgbm.train` takes (the tree budget and early stopping go separately)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del fields["max_trees"], fields["early_stopping_rounds"]
+        return {"objective": "binary", "verbose": -1, **fields}
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_location: str = "mlruns/artifacts"
@@ -152,6 +175,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     decisions: DecisionsConfig = field(default_factory=DecisionsConfig)

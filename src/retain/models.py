@@ -20,25 +20,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from retain import btyd
+from retain.config import LightGBMConfig
 from retain.errors import RetainError
 
 # Small, slow trees: on CDNOW (sparse, order-only) they beat BG/NBD at every cutoff tried where the
 # defaults (31 leaves, rate 0.05) did not on PR-AUC; on the demo shop they are as good (bench/README.md).
-LIGHTGBM_PARAMS = {
-    "objective": "binary",
-    "learning_rate": 0.1,
-    "max_bin": 63,
-    "num_leaves": 15,
-    "min_child_samples": 200,
-    "feature_fraction": 0.8,
-    "bagging_fraction": 0.8,
-    "bagging_freq": 1,
-    "lambda_l2": 1.0,
-    "verbose": -1,
-    "num_threads": 2,
-}
-MAX_TREES = 1000
-EARLY_STOPPING_ROUNDS = 30
+# The values live in retain.toml ([lightgbm]); these are the defaults, for callers without a config.
+LIGHTGBM_PARAMS = LightGBMConfig().params()
 RFM_COLUMNS = ["recency_days", "frequency", "monetary_mean"]
 BTYD_COLUMNS = ["bgnbd_p_alive", "bgnbd_expected_purchases", "bgnbd_p_purchase"]
 # An anchored model starts from BG/NBD's log-odds, read from P(any purchase in the horizon) or from the
@@ -153,7 +141,8 @@ class TaskModel:
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-row feature contributions to the raw score (log-odds), one column per feature."""
-        threads = LIGHTGBM_PARAMS["num_threads"]  # not taken from the booster's params: pass it, it halves the time
+        # not taken from the booster's params: pass it, it halves the time
+        threads = self.metadata.get("num_threads", LIGHTGBM_PARAMS["num_threads"])
         matrix, trees = self.matrix(frame), self.metadata.get("trees")
         if trees == 0:
             values = np.zeros((len(matrix), len(self.feature_names)))
@@ -190,6 +179,7 @@ def fit_task_model(
     seed: int,
     bgnbd: btyd.BGNBD,
     anchor: str | None = None,
+    settings: LightGBMConfig | None = None,
 ) -> TaskModel:
     """Fit LightGBM on the older snapshots and calibrate it on the later slice.
 
@@ -209,17 +199,18 @@ def fit_task_model(
     x_cal = calibration[names].to_numpy(dtype=np.float64, na_value=np.nan)
     init_train = btyd_anchor(train[anchor].to_numpy(), task, anchor) if anchor else None
     init_cal = btyd_anchor(calibration[anchor].to_numpy(), task, anchor) if anchor else None
-    params = {**LIGHTGBM_PARAMS, "seed": seed}
+    settings = settings or LightGBMConfig()
+    params = {**settings.params(), "seed": seed}
     train_set = lgb.Dataset(x_train, y_train.to_numpy(), init_score=init_train, feature_name=names, free_raw_data=True)
     valid_set = lgb.Dataset(x_cal, y_calibration.to_numpy(), init_score=init_cal, reference=train_set)
     booster = lgb.train(
         params,
         train_set,
-        num_boost_round=MAX_TREES,
+        num_boost_round=settings.max_trees,
         valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
     )
-    metadata: dict = {"best_iteration": booster.best_iteration, "anchor": anchor}
+    metadata: dict = {"best_iteration": booster.best_iteration, "anchor": anchor, "num_threads": settings.num_threads}
     if anchor:
         y_cal = y_calibration.to_numpy()
         with_trees = init_cal + booster.predict(x_cal, raw_score=True, num_iteration=booster.best_iteration)
