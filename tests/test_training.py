@@ -251,3 +251,14 @@ def test_on_a_bgnbd_shop_the_served_model_is_anchored_or_as_good_as_bgnbd(tmp_pa
     (result,) = doc["results"]
     gain = result["selected_roc_auc_gain_vs_bgnbd"]
     assert result["selected"] != "lightgbm" or gain["ci_high"] >= 0, result["selection"]
+
+
+def test_the_job_says_what_it_cannot_date(tmp_path, config):
+    from conftest import make_dataset, orders_frame
+
+    from training.job import point_in_time_notes
+
+    orders = orders_frame([("a", "2025-01-01", 10, "食品", "refunded", None), ("b", "2025-01-02", 10)])
+    members = pd.DataFrame({"member_id": ["a", "b"], "tier": ["gold", "silver"]})  # today's tiers, undated
+    notes = point_in_time_notes(make_dataset(tmp_path, {"orders": orders, "members": members}, "2025-02-01"), config)
+    assert notes[0].startswith("tier: not used") and notes[1].startswith("refunds: 1 of 1 have no refunded_at")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -70,8 +71,8 @@ def _bounded_int(text: str) -> int | float:
 def _without_repeats(pairs: list[tuple[str, object]]) -> dict:
     found = dict(pairs)
     if len(found) != len(pairs):
-        seen = set()
-        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))[:60]
+        counts = Counter(key for key, _ in pairs)
+        repeated = next(key for key, n in counts.items() if n > 1)[:60]
         raise RequestError(400, repeated, f"The key {repeated!r} appears twice in one object; send it once.")
     return found
 

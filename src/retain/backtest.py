@@ -146,7 +146,7 @@ def fit_for_cutoff(
     key = (as_of, task, horizon_days, only_selected)
     if key not in snapshots.fits:
         plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
-        chosen = select_before(snapshots, plan, task) if select else None
+        chosen = select_before(snapshots, plan, task) if select else None  # needed first to fit only it
         names = [chosen["selected"]] if only_selected and chosen else list(selection.CANDIDATES)
         x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
         x_cal, y_cal = snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
@@ -170,7 +170,7 @@ def fit_for_cutoff(
         rules = models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit)
         snapshots.fits[key] = FittedTask(plan, candidates, *rules, len(x_fit) + len(x_cal), chosen)
     fitted = snapshots.fits[key]
-    if select and fitted.selection is None:
+    if select and fitted.selection is None:  # fitted earlier without one, as another cutoff's selection
         fitted.selection = select_before(snapshots, fitted.plan, task)
     return fitted
 
