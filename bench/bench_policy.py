@@ -82,7 +82,7 @@ def main() -> int:
         )
 
     # The model's cost of each member at each tier: the one budget every list is charged with.
-    matrix = np.column_stack([decisions.columns_of(features)(n) for n in scorer.uplift.feature_names])
+    matrix = decisions.Columns(features).matrix(scorer.uplift.feature_names)
     model_cost = {}
     p_buy = decisions.p_buy_in_window(scored["repurchase_prob"].to_numpy(), config)
     uplifts = scorer.uplift.predict_tiers(matrix, list(tiers.values()))

@@ -59,7 +59,7 @@ def members(**overrides) -> pd.DataFrame:
 
 
 def decide(features, churn, repurchase, value, uplift, config) -> pd.DataFrame:
-    column = decisions.columns_of(features)
+    column = decisions.Columns(features)
     summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
     out = decisions.decide_arrays(
         column, summary, np.asarray(churn, float), np.asarray(repurchase, float), FixedValue(value), uplift, config

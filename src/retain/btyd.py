@@ -64,24 +64,25 @@ class BGNBD:
         odds = np.where(x > 0, self.a / (self.b + np.maximum(x, 1) - 1) * np.exp(np.minimum(log_ratio, 700)), 0.0)
         return 1.0 / (1.0 + odds)
 
-    def p_any_purchase(self, x, t_x, T, horizon_weeks: float) -> np.ndarray:
-        """P(at least one purchase in (T, T + horizon] | x, t_x, T).
+    def p_any_purchase(self, x, t_x, T, horizon_weeks: float, alive: np.ndarray | None = None) -> np.ndarray:
+        """P(at least one purchase in (T, T + horizon] | x, t_x, T); `alive`: `p_alive`, when known.
 
         Dropout happens only right after a purchase, so a customer alive at T who makes no purchase stays
         alive: P(none) = 1 - P(alive) + P(alive) * ((alpha + T) / (alpha + T + t)) ** (r + x).
         """
         x, T = np.asarray(x, dtype=float), np.asarray(T, dtype=float)
-        alive = self.p_alive(x, t_x, T)
+        alive = self.p_alive(x, t_x, T) if alive is None else alive
         none_if_alive = np.exp((self.r + x) * (np.log(self.alpha + T) - np.log(self.alpha + T + horizon_weeks)))
         return alive * (1.0 - none_if_alive)
 
-    def expected_purchases(self, x, t_x, T, horizon_weeks: float) -> np.ndarray:
-        """E[number of purchases in (T, T + horizon] | x, t_x, T] (Fader, Hardie & Lee 2005, eq. 10)."""
+    def expected_purchases(self, x, t_x, T, horizon_weeks: float, alive: np.ndarray | None = None) -> np.ndarray:
+        """E[number of purchases in (T, T + horizon] | x, t_x, T] (Fader, Hardie & Lee 2005, eq. 10);
+        `alive`: `p_alive`, when known."""
         x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
         r, alpha, a, b, t = self.r, self.alpha, self.a, self.b, horizon_weeks
         hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
         base = (a + b + x - 1) / (a - 1) * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp)
-        return base * self.p_alive(x, t_x, T)
+        return base * (self.p_alive(x, t_x, T) if alive is None else alive)
 
 
 def bgnbd_log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:

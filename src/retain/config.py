@@ -120,6 +120,13 @@ class DecisionsConfig:
     frequency_cap: int = 2
     frequency_window_days: int = 30
 
+    def __post_init__(self):
+        if not self.churn_threshold <= self.sleeping_threshold <= self.lost_threshold:
+            raise ConfigError(
+                "Config keys decisions.churn_threshold <= sleeping_threshold <= lost_threshold must be in order, "
+                f"got {self.churn_threshold}, {self.sleeping_threshold}, {self.lost_threshold}."
+            )
+
 
 @dataclass(frozen=True)
 class WinbackConfig:

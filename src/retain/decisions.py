@@ -22,8 +22,6 @@ against them, by expected value per unit cost, until `winback.daily_budget` is s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pandas as pd
 
@@ -35,25 +33,37 @@ WINBACK, SUBSCRIPTION, NONE = "winback_coupon", "subscription_offer", "none"
 # Status of each scored member in the daily export.
 CONTACT, CONTROL, OVER_BUDGET, NO_ACTION = "contact", "control", "over_budget", "no_action"
 
-Columns = Callable[[str], np.ndarray]
 
+class Columns:
+    """The features as one float64 matrix, read by name: `columns(name)` is a column (all NaN when the
+    features lack it), `columns.matrix(names)` several side by side in one take. Pandas column access
+    and `np.column_stack` are the slow part of scoring one member."""
 
-def columns_of(features: pd.DataFrame, base: np.ndarray | None = None) -> Columns:
-    """A feature column by name as float64 (all NaN when absent), read from `base`, the features as one
-    float matrix, when the caller already has it (pandas column access is the slow part for one member)."""
-    base = features.to_numpy(dtype=np.float64, na_value=np.nan) if base is None else base
-    position = {name: i for i, name in enumerate(features.columns)}
-    missing = np.full(len(features), np.nan)
-    return lambda name: base[:, position[name]] if name in position else missing
+    def __init__(self, features: pd.DataFrame, base: np.ndarray | None = None):
+        self.base = features.to_numpy(dtype=np.float64, na_value=np.nan) if base is None else base
+        self.position = {name: i for i, name in enumerate(features.columns)}
+        self.n = len(features)
+
+    def __call__(self, name: str) -> np.ndarray:
+        return self.base[:, self.position[name]] if name in self.position else np.full(self.n, np.nan)
+
+    def matrix(self, names: list[str]) -> np.ndarray:
+        index = [self.position.get(name, -1) for name in names]
+        if min(index, default=0) >= 0:
+            return self.base[:, index]
+        out = np.full((self.n, len(names)), np.nan)
+        present = [j for j, i in enumerate(index) if i >= 0]
+        out[:, present] = self.base[:, [index[j] for j in present]]
+        return out
 
 
 def lifecycle(tenure_days: np.ndarray, churn_risk: np.ndarray, config: Config) -> np.ndarray:
+    """active < churn_threshold <= at_risk < sleeping_threshold <= sleeping < lost_threshold <= lost
+    (thresholds in order: `DecisionsConfig` checks); members younger than new_member_days are new."""
     d = config.decisions
-    stage = np.select(
-        [churn_risk < d.churn_threshold, churn_risk < d.sleeping_threshold, churn_risk < d.lost_threshold],
-        ["active", "at_risk", "sleeping"],
-        "lost",
-    )
+    stages = np.array(["active", "at_risk", "sleeping", "lost"])
+    thresholds = [d.churn_threshold, d.sleeping_threshold, d.lost_threshold]
+    stage = stages[np.searchsorted(thresholds, churn_risk, side="right")]  # a missing risk sorts last: lost
     return np.where(tenure_days < d.new_member_days, "new", stage)
 
 
@@ -71,9 +81,9 @@ def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, 
     slugs = [config.data.categories.get(name, name) for name in names]
     if not slugs:
         return np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, np.nan)
-    cv = np.column_stack([column(f"cycle_cv_{s}") for s in slugs])
-    days = np.column_stack([column(f"cycle_days_{s}") for s in slugs])
-    share = np.column_stack([column(f"cat_share_{s}") for s in slugs])
+    cv = column.matrix([f"cycle_cv_{s}" for s in slugs])
+    days = column.matrix([f"cycle_days_{s}" for s in slugs])
+    share = column.matrix([f"cat_share_{s}" for s in slugs])
     best = np.argmin(np.where(np.isnan(cv), np.inf, cv), axis=1)
     rows = np.arange(n)
     regular = cv[rows, best] <= config.subscription.max_cycle_cv  # False where every cv is missing
@@ -127,17 +137,16 @@ def decide_arrays(
     """segment, action, offer_detail, expected_value, cost, uplift and value per member (no budget)."""
     n = len(churn)
     value = np.nan_to_num(value_model.value(summary))
-    matrix = (
-        np.column_stack([column(name) for name in uplift.feature_names]) if uplift.feature_names else np.empty((n, 0))
-    )
+    matrix = column.matrix(uplift.feature_names)
     coupon = coupon_offer(matrix, value, p_buy_in_window(repurchase, config), uplift, config)
     winback_ev = np.where(churn >= config.winback.min_churn_risk, coupon["ev"], -np.inf)
 
     s = config.subscription
     category, cycle, share = regular_cycle(column, n, config)
-    subscribed = np.nan_to_num(column("active_subscriptions")) > 0
+    subscribed = column("active_subscriptions") > 0  # a missing count is False, as 0
     eligible = (repurchase >= config.decisions.repurchase_threshold) & (category != None) & ~subscribed  # noqa: E711
-    subscription_ev = np.where(eligible, s.uplift * value * np.nan_to_num(share) - s.send_cost, -np.inf)
+    share = np.where(np.isnan(share), 0.0, share)
+    subscription_ev = np.where(eligible, s.uplift * value * share - s.send_cost, -np.inf)
 
     best = np.maximum(winback_ev, subscription_ev)
     action = np.where(best <= 0, NONE, np.where(winback_ev >= subscription_ev, WINBACK, SUBSCRIPTION))

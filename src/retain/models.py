@@ -19,7 +19,7 @@ from sklearn.metrics import log_loss as sklearn_log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from retain import btyd
+from retain import btyd, forest
 from retain.config import LightGBMConfig
 from retain.errors import RetainError
 
@@ -52,10 +52,11 @@ def btyd_feature_arrays(model: btyd.BGNBD, summary: dict[str, np.ndarray], horiz
     """The BG/NBD feature columns from the summary arrays x, t_x, T (weeks)."""
     x, t_x, T = summary["x"], summary["t_x"], summary["T"]
     weeks = horizon_days / btyd.DAYS_PER_WEEK
+    alive = model.p_alive(x, t_x, T)
     return {
-        "bgnbd_p_alive": model.p_alive(x, t_x, T),
-        "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks),
-        "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks),
+        "bgnbd_p_alive": alive,
+        "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks, alive),
+        "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks, alive),
     }
 
 
@@ -116,7 +117,8 @@ class TaskModel:
         shop, CDNOW's 273 days): the anchor then says that horizon's odds and the trees add the
         corrections they learnt, so the probability is extrapolated through BG/NBD, not relabelled."""
         trees = self.metadata.get("trees")  # None: every tree up to the early-stopping best
-        raw = np.zeros(len(matrix)) if trees == 0 else self.booster.predict(matrix, raw_score=True, num_iteration=trees)
+        threads = self.metadata.get("num_threads", 0)
+        raw = np.zeros(len(matrix)) if trees == 0 else forest.raw_score(self.booster, matrix, trees, threads)
         if self.anchored:
             value = matrix[:, self.feature_names.index(self.anchor)] if anchor_p is None else anchor_p
             raw = raw + btyd_anchor(value, self.task, self.anchor)

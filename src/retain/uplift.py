@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import special
 
 from retain import contract as c
+from retain import forest
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.features import dataset_connection
@@ -63,15 +64,15 @@ class UpliftModel:
         n = len(matrix)
         if self.treated is None:
             return [np.full(n, self.prior_uplift) for _ in coupon_values]
-        p_control = special.expit(self.control.predict(matrix, raw_score=True))
+        p_control = special.expit(forest.raw_score(self.control, matrix))
         if not self.uses_value:
-            return [special.expit(self.treated.predict(matrix, raw_score=True)) - p_control] * len(coupon_values)
+            return [special.expit(forest.raw_score(self.treated, matrix)) - p_control] * len(coupon_values)
         with_value = np.empty((n, matrix.shape[1] + 1))  # one copy; only the value column changes per tier
         with_value[:, :-1] = matrix
         uplifts = []
         for value in coupon_values:
             with_value[:, -1] = value
-            uplifts.append(special.expit(self.treated.predict(with_value, raw_score=True)) - p_control)
+            uplifts.append(special.expit(forest.raw_score(self.treated, with_value)) - p_control)
         return uplifts
 
     def p_redeem(self, p_buy_anyway: np.ndarray, uplift: np.ndarray) -> np.ndarray:
