@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retain import backtest, promotion, selection
+from retain import backtest, promotion
 from retain.evaluation import ece_noise_bound, evaluate, expected_calibration_error
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.snapshot import read_current
@@ -28,14 +28,16 @@ def job_config(config, tmp_path):
 
 
 def test_the_gate_promotes_only_a_model_that_is_as_good_and_calibrated():
-    good = {"pr_auc": 0.80, "ece": 0.01}
-    assert promotion.decide(good, None, 0.002, 0.03).decision == promotion.PROMOTED
-    assert promotion.decide(good, {"pr_auc": 0.801}, 0.002, 0.03).promote  # within the tolerance
-    worse = promotion.decide({"pr_auc": 0.79, "ece": 0.01}, {"pr_auc": 0.80}, 0.002, 0.03)
-    assert worse.decision == promotion.NOT_PROMOTED and "below the champion" in worse.reason
-    uncalibrated = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, {"pr_auc": 0.8}, 0.002, 0.03)
+    good, champion = {"pr_auc": 0.80, "ece": 0.01}, {"pr_auc": 0.81}
+    assert promotion.decide(good, None, None, 0.03).decision == promotion.PROMOTED
+    within = {"estimate": -0.01, "ci_low": -0.03, "ci_high": 0.01}  # lower, but inside the paired interval
+    assert promotion.decide(good, champion, within, 0.03).promote
+    beyond = {"estimate": -0.01, "ci_low": -0.015, "ci_high": -0.004}
+    worse = promotion.decide(good, champion, beyond, 0.03)
+    assert worse.decision == promotion.NOT_PROMOTED and "beyond the paired interval" in worse.reason
+    uncalibrated = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, champion, within, 0.03)
     assert uncalibrated.decision == promotion.NOT_PROMOTED and "ECE" in uncalibrated.reason
-    first = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, None, 0.002, 0.03)  # a shop must have a champion
+    first = promotion.decide({"pr_auc": 0.9, "ece": 0.05}, None, None, 0.03)  # a shop must have a champion
     assert first.decision == promotion.PROMOTED and "above the limit" in first.reason
 
 
@@ -85,6 +87,8 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
         assert registry.version_by_alias(task, CHAMPION).version == "1"
         challenger = registry.version_by_alias(task, CHALLENGER)
         assert challenger.version == "2" and challenger.tags["retain.decision"] == "not_promoted"
+        # judged against the champion's pipeline refitted on the same data, not its stored artifact
+        assert "with the champion's LightGBM settings" in challenger.tags["retain.gate_compared_with"]
 
     # --force-promote is the deliberate override, and it says who did it.
     train(small_shop, job_config, force=True)
@@ -131,7 +135,7 @@ def test_backtest_results_have_the_documented_shape(small_shop, config):
         "rfm_logistic",
         "oracle",
     }
-    assert result["selected"] in selection.CANDIDATES and result["selection"]["reason"]
+    assert result["selected"] in config.selection.candidates and result["selection"]["reason"]
     for metrics in result["models"].values():
         assert set(metrics) == {"roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_at_10pct"}
 
@@ -169,7 +173,7 @@ def test_a_small_shop_gets_champions_that_export_and_serve(config, tmp_path):
     tags = registry.version_by_alias("churn", CHAMPION).tags
     family = tags["retain.model_family"]
     assert family in ("lightgbm", "lightgbm_anchored", "bgnbd") and float(tags["retain.ece_limit"]) >= 0.03
-    assert json.loads(tags["retain.selection"])["selected"] in selection.CANDIDATES
+    assert json.loads(tags["retain.selection"])["selected"] in config.selection.candidates
     written = export.run(shop, settings, registry, shop.observed_until, tmp_path / "exports")
     assert written.status == "written" and written.summary["model_families"]["retain-churn"] == family
     state = ServingState.load(settings, registry, generation=0)
@@ -262,3 +266,15 @@ def test_the_job_says_what_it_cannot_date(tmp_path, config):
     members = pd.DataFrame({"member_id": ["a", "b"], "tier": ["gold", "silver"]})  # today's tiers, undated
     notes = point_in_time_notes(make_dataset(tmp_path, {"orders": orders, "members": members}, "2025-02-01"), config)
     assert notes[0].startswith("tier: not used") and notes[1].startswith("refunds: 1 of 1 have no refunded_at")
+
+
+def test_the_candidates_come_from_the_config(small_shop, config):
+    from retain.config import ConfigError, SelectionConfig
+
+    only_trees = dataclasses.replace(config, selection=SelectionConfig(candidates=["lightgbm"]))
+    fitted = backtest.fit_for_cutoff(
+        backtest.Snapshots(small_shop, only_trees), pd.Timestamp("2025-01-01"), "churn", 90
+    )
+    assert list(fitted.candidates) == ["lightgbm"] and fitted.selected == "lightgbm"
+    with pytest.raises(ConfigError, match=r"selection\.candidates"):
+        SelectionConfig(candidates=["xgboost"])

@@ -9,6 +9,7 @@ the scoring service serves.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -16,16 +17,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
+from sklearn.metrics import average_precision_score
 
 from retain import backtest, plots, promotion, snapshot
 from retain import uplift as uplift_models
-from retain.config import Config, load_config
+from retain.config import Config, LightGBMConfig, load_config
 from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
-from retain.evaluation import calibration_table, ece_noise_bound, evaluate, qini_coefficient
+from retain.evaluation import calibration_table, ece_noise_bound, evaluate, paired_bootstrap_gain, qini_coefficient
 from retain.features import dataset_connection
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.scoring import MODELS
@@ -97,17 +100,19 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
     held_out = backtest.fit_for_cutoff(snapshots, cutoff, task, horizon)
     result, y, scores = backtest.evaluate_at(snapshots, held_out, task)
     refit = backtest.fit_for_cutoff(snapshots, dataset.observed_until, task, horizon, only_selected=True)
-    champion = registry.load(task, CHAMPION)
-    champion_metrics = None
-    if champion is not None:
-        champion_model, _ = champion
-        x = snapshots.features(cutoff, champion_model.horizon_days).reindex(y.index)
-        champion_metrics = evaluate(y.to_numpy(), champion_model.predict(x))
     served = scores[result["selected"]]  # the pipeline's choice at the held-out cutoff, made before it
+    champion_metrics, gap, pipeline = None, None, None
+    champion = registry.load(task, CHAMPION)
+    if champion is not None:
+        pipeline, p_champion = champion_pipeline(snapshots, held_out, task, champion[1].tags, scores)
+        champion_metrics = evaluate(y.to_numpy(), p_champion)
+        gap = paired_bootstrap_gain(
+            y.to_numpy(), served, p_champion, average_precision_score, seed=config.training.seed
+        )
     new_metrics = result["models"][result["selected"]]
     t = config.training
     ece_limit = max(t.max_ece, ece_noise_bound(served, seed=t.seed))
-    decision = promotion.decide(new_metrics, champion_metrics, t.promotion_tolerance, ece_limit, force=force)
+    decision = promotion.decide(new_metrics, champion_metrics, gap, ece_limit, force=force)
     with registry.run(task, run_name=f"{task}-{dataset.observed_until.date()}") as run_id:
         log_run(registry, dataset, config, task, horizon, held_out, refit, result, champion_metrics, decision)
         log_plots(registry, task, y.to_numpy(), scores, refit)
@@ -125,7 +130,10 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         # the held-out calibration curve, which the daily report draws
         "retain.calibration": json.dumps(calibration_table(y.to_numpy(), served)),
         "retain.selection": json.dumps(refit.selection),
+        "retain.lightgbm": json.dumps(dataclasses.asdict(config.lightgbm)),
     }
+    if pipeline is not None:
+        tags["retain.gate_compared_with"] = pipeline
     if force:
         tags["retain.forced_by"] = os.environ.get("USER") or getpass.getuser()
     registry.tag_version(task, version, tags)
@@ -135,6 +143,30 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         f"({decision.reason})"
     )
     return {**result, "registered_version": version, "decision": decision.decision}
+
+
+def champion_pipeline(
+    snapshots: backtest.Snapshots, held_out: backtest.FittedTask, task: str, tags: dict, scores: dict
+) -> tuple[str, np.ndarray]:
+    """The champion judged as a pipeline, not as an artifact: its candidate (tag `retain.selection`; a
+    champion from before model selection was plain `lightgbm`) fitted with its LightGBM settings (tag
+    `retain.lightgbm`; the configured ones when absent) on the same data as the new model, scored on the
+    same held-out window. The champion's own artifact may have been fitted on that window. Returns a
+    description and the probabilities."""
+    name = json.loads(tags.get("retain.selection", "{}")).get("selected", "lightgbm")
+    stored = json.loads(tags.get("retain.lightgbm", "{}"))
+    known = {field.name for field in dataclasses.fields(LightGBMConfig)}
+    settings = (
+        LightGBMConfig(**{k: v for k, v in stored.items() if k in known}) if stored else snapshots.config.lightgbm
+    )
+    if settings == snapshots.config.lightgbm and name in scores:  # already fitted beside the new model
+        return f"{name}, same settings, refitted before {held_out.plan.as_of.date()}", scores[name]
+    data = backtest.training_data(snapshots, held_out.plan, task)
+    model = backtest.fit_candidate(snapshots, held_out.plan, task, name, data, settings)
+    return (
+        f"{name} with the champion's LightGBM settings, refitted before {held_out.plan.as_of.date()}",
+        backtest.held_out_scores(snapshots, held_out.plan, model),
+    )
 
 
 def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from retain import features as feature_builder
 from retain import labels, models, selection
-from retain.config import Config
+from retain.config import Config, LightGBMConfig
 from retain.dataset import Dataset
 from retain.errors import RetainError
 from retain.evaluation import evaluate, paired_bootstrap_auc_gain
@@ -124,7 +124,7 @@ class FittedTask:
 
     @property
     def selected(self) -> str:
-        return (self.selection or selection.default(""))["selected"]
+        return self.selection["selected"] if self.selection else next(iter(self.candidates))  # simplest first
 
     @property
     def model(self) -> models.TaskModel:
@@ -147,26 +147,10 @@ def fit_for_cutoff(
     if key not in snapshots.fits:
         plan = plan_snapshots(snapshots.dataset, as_of, horizon_days, snapshots.config)
         chosen = select_before(snapshots, plan, task) if select else None  # needed first to fit only it
-        names = [chosen["selected"]] if only_selected and chosen else list(selection.CANDIDATES)
-        x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
-        x_cal, y_cal = snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
-        bgnbd = snapshots.bgnbd(plan.calibration_dates[0])
-        seed = snapshots.config.training.seed
-        candidates = {
-            name: models.fit_task_model(
-                task,
-                plan.train_horizon_days,
-                x_fit,
-                y_fit,
-                x_cal,
-                y_cal,
-                seed,
-                bgnbd,
-                selection.ANCHOR_OF[name],
-                snapshots.config.lightgbm,
-            )
-            for name in names
-        }
+        names = [chosen["selected"]] if only_selected and chosen else list(snapshots.config.selection.candidates)
+        data = training_data(snapshots, plan, task)
+        candidates = {name: fit_candidate(snapshots, plan, task, name, data) for name in names}
+        x_fit, y_fit, x_cal, _ = data
         rules = models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit)
         snapshots.fits[key] = FittedTask(plan, candidates, *rules, len(x_fit) + len(x_cal), chosen)
     fitted = snapshots.fits[key]
@@ -175,37 +159,54 @@ def fit_for_cutoff(
     return fitted
 
 
+def training_data(snapshots: Snapshots, plan: SnapshotPlan, task: str) -> tuple:
+    """The stacked fitting and calibration snapshots of a plan: x_fit, y_fit, x_cal, y_cal."""
+    x_fit, y_fit = snapshots.stacked(plan.fit_dates, task, plan.train_horizon_days)
+    return x_fit, y_fit, *snapshots.stacked(plan.calibration_dates, task, plan.train_horizon_days)
+
+
+def fit_candidate(
+    snapshots: Snapshots, plan: SnapshotPlan, task: str, name: str, data: tuple, settings: LightGBMConfig | None = None
+) -> models.TaskModel:
+    """One candidate of `selection.CANDIDATES` fitted on a plan's data (`training_data`), with the
+    configured LightGBM settings unless others are given (a champion trained under other settings)."""
+    return models.fit_task_model(
+        task,
+        plan.train_horizon_days,
+        *data,
+        snapshots.config.training.seed,
+        snapshots.bgnbd(plan.calibration_dates[0]),
+        selection.ANCHOR_OF[name],
+        settings or snapshots.config.lightgbm,
+    )
+
+
 def select_before(snapshots: Snapshots, plan: SnapshotPlan, task: str) -> dict:
     """The selection for cutoff `plan.as_of`: every candidate fitted at C - h and scored on [C - h, C),
     with h the horizon the cutoff trains on, so nothing at or after C is read."""
     h = plan.train_horizon_days
     earlier = plan.as_of - pd.Timedelta(days=h)
+    candidates = snapshots.config.selection.candidates
     try:
         fitted = fit_for_cutoff(snapshots, earlier, task, h, select=False)
         x, y = snapshots.labelled(earlier, task, h)
     except RetainError as exc:
-        return selection.default(f"no earlier cutoff to select on ({exc})")
+        return selection.default(candidates, f"no earlier cutoff to select on ({exc})")
     if y.nunique() < 2:
-        return selection.default(f"one label only on {earlier.date()}")
+        return selection.default(candidates, f"one label only on {earlier.date()}")
     if fitted.plan.shortened:  # the candidates expect BTYD features at the horizon they trained on
         x = snapshots.features(earlier, fitted.plan.train_horizon_days).reindex(y.index)
     scores = {name: model.predict(x) for name, model in fitted.candidates.items()}
-    return selection.choose(y.to_numpy(), scores, earlier.date().isoformat())
+    rounds = snapshots.config.selection.bootstrap_rounds
+    return selection.choose(y.to_numpy(), scores, earlier.date().isoformat(), rounds)
 
 
 def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
     """Labels at the cutoff and every model's probabilities for the same members."""
     plan = fitted.plan
-    x_model, y = snapshots.labelled(plan.as_of, task, plan.horizon_days)
-    if plan.shortened:  # the model expects BTYD features at the horizon it was trained on
-        x_model = snapshots.features(plan.as_of, plan.train_horizon_days)
-    x_requested = snapshots.features(plan.as_of, plan.horizon_days)
-
-    def requested_anchor(model: models.TaskModel) -> np.ndarray | None:  # see TaskModel.raw_matrix
-        return x_requested[model.anchor].to_numpy() if plan.shortened and model.anchored else None
-
+    x_requested, y = snapshots.labelled(plan.as_of, task, plan.horizon_days)
     scores = {
-        **{name: model.predict(x_model, requested_anchor(model)) for name, model in fitted.candidates.items()},
+        **{name: held_out_scores(snapshots, plan, model) for name, model in fitted.candidates.items()},
         "bgnbd": models.bgnbd_score(x_requested, task),
         "bgnbd_expected": models.bgnbd_expected_score(x_requested, task),
         "recency": fitted.recency_rule.predict(x_requested["recency_days"]),
@@ -215,6 +216,16 @@ def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.S
     if oracle is not None:
         scores["oracle"] = oracle
     return y, scores
+
+
+def held_out_scores(snapshots: Snapshots, plan: SnapshotPlan, model: models.TaskModel) -> np.ndarray:
+    """A candidate's probabilities at the plan's cutoff for the requested horizon: fed the BTYD features
+    of the horizon it trained on, and anchored on BG/NBD over the requested one (see
+    `TaskModel.raw_matrix`)."""
+    x_model = snapshots.features(plan.as_of, plan.train_horizon_days)
+    if not (plan.shortened and model.anchored):
+        return model.predict(x_model)
+    return model.predict(x_model, snapshots.features(plan.as_of, plan.horizon_days)[model.anchor].to_numpy())
 
 
 def oracle_scores(dataset: Dataset, as_of, horizon_days: int, task: str, members: pd.Index) -> np.ndarray | None:

@@ -56,10 +56,30 @@ class TrainingConfig:
     min_snapshots: int = 3
     max_snapshots: int = 15
     calibration_snapshots: int = 3
-    promotion_tolerance: float = 0.002
     max_ece: float = 0.03
     min_repeat_members: int = 200
     seed: int = 7
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """The candidates a task's model is chosen from, simplest first (see `retain.selection`), and the
+    bootstrap rounds of the paired interval within which the simpler one is kept."""
+
+    candidates: list[str] = field(
+        default_factory=lambda: ["lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm"]
+    )
+    bootstrap_rounds: int = 300
+
+    def __post_init__(self):
+        known = ["lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm"]
+        unknown = [name for name in self.candidates if name not in known]
+        if unknown or not self.candidates:
+            raise ConfigError(f"Config key selection.candidates must name some of {known}, got {self.candidates}.")
+        if self.bootstrap_rounds < 50:
+            raise ConfigError(
+                f"Config key selection.bootstrap_rounds must be at least 50, got {self.bootstrap_rounds}."
+            )
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)

@@ -52,6 +52,14 @@ def paired_bootstrap_auc_gain(
     y: np.ndarray, p_model: np.ndarray, p_baseline: np.ndarray, rounds: int = 300, seed: int = 0
 ) -> dict[str, float]:
     """ROC-AUC gain of model over baseline on the same members, with a 95% paired bootstrap interval."""
+    return paired_bootstrap_gain(y, p_model, p_baseline, roc_auc_score, rounds, seed)
+
+
+def paired_bootstrap_gain(
+    y: np.ndarray, p_model: np.ndarray, p_baseline: np.ndarray, metric=roc_auc_score, rounds: int = 300, seed: int = 0
+) -> dict[str, float]:
+    """`metric` (a ranking score such as ROC-AUC or PR-AUC) of model minus baseline on the same members,
+    with a 95% paired bootstrap interval; NaN when the members hold one label only."""
     y, a, b = np.asarray(y), np.asarray(p_model), np.asarray(p_baseline)
     if y.min() == y.max():  # one label only: no ranking to compare
         return {"estimate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
@@ -61,9 +69,9 @@ def paired_bootstrap_auc_gain(
         rows = rng.integers(0, len(y), len(y))
         if y[rows].min() == y[rows].max():
             continue
-        gains.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
+        gains.append(metric(y[rows], a[rows]) - metric(y[rows], b[rows]))
     low, high = np.percentile(gains, [2.5, 97.5])
-    return {"estimate": float(roc_auc_score(y, a) - roc_auc_score(y, b)), "ci_low": float(low), "ci_high": float(high)}
+    return {"estimate": float(metric(y, a) - metric(y, b)), "ci_low": float(low), "ci_high": float(high)}
 
 
 def ece_noise_bound(p: np.ndarray, rounds: int = 200, quantile: float = 0.95, seed: int = 0) -> float:

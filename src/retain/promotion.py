@@ -1,6 +1,7 @@
-"""The promotion gate: the alias `champion` moves only to a model at least as good on the same held-out
-snapshot, and calibrated well enough to be trusted as a probability. A task's first model is always
-promoted, so that every shop that trains has a champion to serve."""
+"""The promotion gate: the alias `champion` moves only to a model no worse than the champion's pipeline
+refitted on the same data and judged on the same held-out window, and calibrated well enough to be
+trusted as a probability. A task's first model is always promoted, so that every shop that trains has a
+champion to serve."""
 
 from __future__ import annotations
 
@@ -20,14 +21,20 @@ class Decision:
 
 
 def decide(
-    new: dict[str, float], champion: dict[str, float] | None, tolerance: float, ece_limit: float, force: bool = False
+    new: dict[str, float],
+    champion: dict[str, float] | None,
+    gap: dict[str, float] | None,
+    ece_limit: float,
+    force: bool = False,
 ) -> Decision:
-    """Gate a new model given its held-out metrics and the champion's on the same snapshot.
+    """Gate a new model given its held-out metrics and those of the champion's pipeline on the same window.
 
-    The first model of a task is always promoted: a shop must have a champion to be served (its ECE is
-    in the reason). Later, promote when the new PR-AUC is not lower than the champion's by more than
-    `tolerance` and the new ECE is at most `ece_limit` (training.max_ece, or the sampling noise of a
-    small holdout when that is larger: `evaluation.ece_noise_bound`). `force` overrides, and says so.
+    `gap`: the new PR-AUC minus the champion pipeline's on the same members, with its 95% paired bootstrap
+    interval (`evaluation.paired_bootstrap_gain`). The first model of a task is always promoted: a shop
+    must have a champion to be served (its ECE is in the reason). Later, promote unless the new model is
+    worse beyond the interval (its upper end below zero) or its ECE is above `ece_limit` (training.max_ece,
+    or the sampling noise of a small holdout when that is larger: `evaluation.ece_noise_bound`). `force`
+    overrides, and says so.
     """
     if force:
         return Decision(FORCED, "promoted with --force-promote, bypassing the gate")
@@ -36,13 +43,15 @@ def decide(
         return Decision(PROMOTED, f"first model: there was no champion{note}")
     if new["ece"] > ece_limit:
         return Decision(NOT_PROMOTED, f"ECE {new['ece']:.4f} is above the limit {ece_limit:.4f}")
-    drop = champion["pr_auc"] - new["pr_auc"]
-    if drop > tolerance:
+    interval = f"{gap['estimate']:+.4f} [{gap['ci_low']:+.4f}, {gap['ci_high']:+.4f}]"
+    if gap["ci_high"] < 0:
         return Decision(
             NOT_PROMOTED,
-            f"PR-AUC {new['pr_auc']:.4f} is {drop:.4f} below the champion's {champion['pr_auc']:.4f} "
-            f"(tolerance {tolerance})",
+            f"PR-AUC {new['pr_auc']:.4f} is below the champion pipeline's {champion['pr_auc']:.4f} on the same "
+            f"window beyond the paired interval ({interval})",
         )
     return Decision(
-        PROMOTED, f"PR-AUC {new['pr_auc']:.4f} against the champion's {champion['pr_auc']:.4f}, ECE {new['ece']:.4f}"
+        PROMOTED,
+        f"PR-AUC {new['pr_auc']:.4f} against the champion pipeline's {champion['pr_auc']:.4f} on the same window "
+        f"({interval}), ECE {new['ece']:.4f}",
     )

@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import log_loss
 
-# Simplest first; each with the BG/NBD column its trees start from (models.ANCHORS), or None.
+# Simplest first; each with the BG/NBD column its trees start from (models.ANCHORS), or None. Which of
+# them a shop considers is `selection.candidates` in retain.toml; without history enough to select on,
+# the first (simplest) is served: trust BG/NBD and let trees correct it.
 ANCHOR_OF = {
     "lightgbm_anchored": "bgnbd_p_purchase",
     "lightgbm_anchored_expected": "bgnbd_expected_purchases",
     "lightgbm": None,
 }
 CANDIDATES = tuple(ANCHOR_OF)
-DEFAULT = CANDIDATES[0]  # without history enough to select on: trust BG/NBD and let trees correct it
 EPSILON = 1e-6
 
 
@@ -38,15 +39,15 @@ def log_loss_gap(y: np.ndarray, simpler: np.ndarray, better: np.ndarray, rounds:
     return {"estimate": float(gap.mean()), "ci_low": float(low), "ci_high": float(high)}
 
 
-def choose(y: np.ndarray, scores: dict[str, np.ndarray], as_of: str) -> dict:
-    """The selection made on one backtest cutoff `as_of`: every candidate's log loss, the chosen key and why."""
-    losses = {
-        name: float(log_loss(y, np.clip(scores[name], EPSILON, 1 - EPSILON), labels=[0, 1])) for name in CANDIDATES
-    }
-    best = min(CANDIDATES, key=lambda name: losses[name])
+def choose(y: np.ndarray, scores: dict[str, np.ndarray], as_of: str, rounds: int = 300) -> dict:
+    """The selection made on one backtest cutoff `as_of` among the candidates in `scores` (simplest
+    first): every candidate's log loss, the chosen key and why."""
+    names = list(scores)
+    losses = {name: float(log_loss(y, np.clip(scores[name], EPSILON, 1 - EPSILON), labels=[0, 1])) for name in names}
+    best = min(names, key=lambda name: losses[name])
     selected, reason = best, f"lowest log loss on {as_of}"
-    for simpler in CANDIDATES[: CANDIDATES.index(best)]:
-        gap = log_loss_gap(y, scores[simpler], scores[best])
+    for simpler in names[: names.index(best)]:
+        gap = log_loss_gap(y, scores[simpler], scores[best], rounds)
         if gap["ci_low"] <= 0:
             selected = simpler
             reason = (
@@ -57,5 +58,6 @@ def choose(y: np.ndarray, scores: dict[str, np.ndarray], as_of: str) -> dict:
     return {"as_of": as_of, "log_loss": losses, "selected": selected, "reason": reason}
 
 
-def default(reason: str) -> dict:
-    return {"as_of": None, "log_loss": {}, "selected": DEFAULT, "reason": reason}
+def default(candidates: list[str], reason: str) -> dict:
+    """The selection without a backtest to make it on: the simplest candidate."""
+    return {"as_of": None, "log_loss": {}, "selected": candidates[0], "reason": reason}
