@@ -88,7 +88,7 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
         challenger = registry.version_by_alias(task, CHALLENGER)
         assert challenger.version == "2" and challenger.tags["retain.decision"] == "not_promoted"
         # judged against the champion's pipeline refitted on the same data, not its stored artifact
-        assert "with the champion's LightGBM settings" in challenger.tags["retain.gate_compared_with"]
+        assert "its own LightGBM settings" in challenger.tags["retain.gate_compared_with"]
 
     # --force-promote is the deliberate override, and it says who did it.
     train(small_shop, job_config, force=True)

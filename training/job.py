@@ -97,7 +97,7 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
     dataset, config = snapshots.dataset, snapshots.config
     started = time.perf_counter()
     cutoff = dataset.observed_until - pd.Timedelta(days=horizon)
-    held_out = backtest.fit_for_cutoff(snapshots, cutoff, task, horizon)
+    held_out = backtest.fit_for_cutoff(snapshots, cutoff, task, horizon)  # every candidate: the refit selects on them
     result, y, scores = backtest.evaluate_at(snapshots, held_out, task)
     refit = backtest.fit_for_cutoff(snapshots, dataset.observed_until, task, horizon, only_selected=True)
     served = scores[result["selected"]]  # the pipeline's choice at the held-out cutoff, made before it
@@ -159,14 +159,13 @@ def champion_pipeline(
     settings = (
         LightGBMConfig(**{k: v for k, v in stored.items() if k in known}) if stored else snapshots.config.lightgbm
     )
-    if settings == snapshots.config.lightgbm and name in scores:  # already fitted beside the new model
-        return f"{name}, same settings, refitted before {held_out.plan.as_of.date()}", scores[name]
+    same = settings == snapshots.config.lightgbm
+    how = f"{name}, {'the same' if same else 'its own'} LightGBM settings, refitted before {held_out.plan.as_of.date()}"
+    if same and name in scores:  # the new model's own candidate: already fitted on the same data
+        return how, scores[name]
     data = backtest.training_data(snapshots, held_out.plan, task)
     model = backtest.fit_candidate(snapshots, held_out.plan, task, name, data, settings)
-    return (
-        f"{name} with the champion's LightGBM settings, refitted before {held_out.plan.as_of.date()}",
-        backtest.held_out_scores(snapshots, held_out.plan, model),
-    )
+    return how, backtest.held_out_scores(snapshots, held_out.plan, model)
 
 
 def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
@@ -212,7 +211,7 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
                 "uses_coupon_value": model.uses_value,
                 "redeem_share": round(model.redeem_share, 6),
                 "dataset_fingerprint": dataset.fingerprint,
-                **{f"lightgbm.{k}": v for k, v in uplift_models.UPLIFT_PARAMS.items()},
+                **{f"lightgbm.{k}": v for k, v in {**config.lightgbm.params(), **uplift_models.ARM_SETTINGS}.items()},
                 "rounds": uplift_models.ROUNDS,
             }
         )

@@ -28,12 +28,11 @@ from retain import forest
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.features import dataset_connection
-from retain.models import LIGHTGBM_PARAMS
 
 COUPON_VALUE = "coupon_value"
-# The churn model's settings with smaller trees and a slower rate: each arm has tens of thousands of rows
-# at most and a weak signal.
-UPLIFT_PARAMS = {**LIGHTGBM_PARAMS, "learning_rate": 0.05, "num_leaves": 7}
+# Each arm: the configured LightGBM settings ([lightgbm] in retain.toml) with smaller trees and a slower
+# rate, and a fixed number of trees: each arm has tens of thousands of rows at most and a weak signal.
+ARM_SETTINGS = {"learning_rate": 0.05, "num_leaves": 7}
 ROUNDS = 150
 
 
@@ -47,7 +46,7 @@ class UpliftModel:
     uses_value: bool = False
     redeem_share: float = 1.0  # of treated members who bought in the window, the share who redeemed
     prior_uplift: float = 0.05
-    prior_redeem: float = 0.3
+    prior_redeem: float = 0.9  # winback.redeem_rate's default; `prior_model` sets the configured one
     task: str = "uplift"
     metadata: dict = field(default_factory=dict)
 
@@ -160,7 +159,7 @@ def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int)
     matrix = x.to_numpy(dtype=np.float64, na_value=np.nan)
     values = offers[c.VALUE].to_numpy(dtype=float)
     uses_value = len(np.unique(values[treated & ~np.isnan(values)])) > 1
-    params = {**UPLIFT_PARAMS, "seed": seed}
+    params = {**config.lightgbm.params(), **ARM_SETTINGS, "seed": seed}
     treated_x = np.column_stack([matrix[treated], values[treated]]) if uses_value else matrix[treated]
     treated_names = [*names, COUPON_VALUE] if uses_value else names
     treated_booster = lgb.train(params, lgb.Dataset(treated_x, bought[treated], feature_name=treated_names), ROUNDS)
