@@ -110,6 +110,17 @@ def test_coupons_only_above_the_configured_churn_risk(config):
     assert out["action"].tolist() == ["none", "winback_coupon"]
 
 
+def test_win_back_means_at_risk_by_default(config):
+    """Unset, the threshold is the at-risk one (decisions.churn_threshold, 0.3): an active member with a
+    large value gets no coupon however much the uplift model promises; 0 lets every member in."""
+    model = UpliftModel([], prior_uplift=0.2, prior_redeem=0.9)
+    assert config.winback.min_churn_risk is None and config.decisions.churn_threshold == 0.3
+    out = decide(members(), [0.29, 0.3], [0.0, 0.0], [5000.0, 5000.0], model, policy(config))
+    assert out["action"].tolist() == ["none", "winback_coupon"]
+    everyone = decide(members(), [0.29, 0.3], [0.0, 0.0], [5000.0, 5000.0], model, policy(config, min_churn_risk=0.0))
+    assert everyone["action"].tolist() == ["winback_coupon", "winback_coupon"]
+
+
 def test_a_regular_replenisher_gets_a_subscription_offer_naming_category_and_cycle(config):
     model = UpliftModel([], prior_uplift=0.0, prior_redeem=0.9)
     out = decide(members(), [0.1, 0.1], [0.9, 0.9], [800.0, 800.0], model, policy(config))

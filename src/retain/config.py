@@ -154,7 +154,7 @@ class WinbackConfig:
     daily_budget: float = 20000.0
     cooldown_days: int = 30
     coupon_tiers: dict[str, float] = field(default_factory=lambda: {"满100减10": 10.0})
-    min_churn_risk: float = 0.0
+    min_churn_risk: float | None = None  # None: decisions.churn_threshold (win-back means at risk)
     redeem_rate: float = 0.9
     prior_uplift: float = 0.05
     response_days: int = 14
@@ -307,6 +307,7 @@ def _check_type(name: str, value: object, hint: object) -> object:
             raise ConfigError(f"Config key {name} must be a table, got {value!r}.")
         _, item = typing.get_args(hint)
         return {str(k): _check_type(f"{name}.{k}", v, item) for k, v in value.items()}
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no optional keys yet
-        return value
+    if isinstance(hint, types.UnionType):  # an optional key (`float | None`): absent from the file is None
+        (kind,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _check_type(name, value, kind)
     raise ConfigError(f"Config key {name} has an unsupported type {hint}.")  # pragma: no cover

@@ -3,7 +3,8 @@
 Per member (`decide_arrays`, called by the `Scorer`, so the service and the export agree):
 
 - value: expected margin over `decisions.value_horizon_days` (`retain.value`: BG/NBD x Gamma-Gamma x margin);
-- win-back coupon, for members with churn risk >= `winback.min_churn_risk`: for each tier of
+- win-back coupon, for members with churn risk >= `winback.min_churn_risk` (default: the at-risk
+  threshold `decisions.churn_threshold`): for each tier of
   `winback.coupon_tiers`, expected value = uplift x value - (send cost + P(redeem) x coupon value),
   the uplift from `retain.uplift`, P(redeem) = (P(buy anyway) + uplift) x the share of such buyers who
   redeem, P(buy anyway) from the repurchase probability; the best tier is the offer;
@@ -125,6 +126,13 @@ def coupon_offer(
     return best
 
 
+def winback_min_churn_risk(config: Config) -> float:
+    """The churn risk from which a member may get a win-back coupon: `winback.min_churn_risk`, by default
+    the at-risk threshold (`decisions.churn_threshold`)."""
+    w = config.winback
+    return config.decisions.churn_threshold if w.min_churn_risk is None else w.min_churn_risk
+
+
 def decide_arrays(
     column: Columns,
     summary: dict[str, np.ndarray],
@@ -139,7 +147,7 @@ def decide_arrays(
     value = np.nan_to_num(value_model.value(summary))
     matrix = column.matrix(uplift.feature_names)
     coupon = coupon_offer(matrix, value, p_buy_in_window(repurchase, config), uplift, config)
-    winback_ev = np.where(churn >= config.winback.min_churn_risk, coupon["ev"], -np.inf)
+    winback_ev = np.where(churn >= winback_min_churn_risk(config), coupon["ev"], -np.inf)
 
     s = config.subscription
     category, cycle, share = regular_cycle(column, n, config)
