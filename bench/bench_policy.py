@@ -125,6 +125,7 @@ def main() -> int:
     pd.set_option("display.width", 200)
     print(f"as of {as_of.date()}, {len(members):,} members, budget {budget:,.0f} {config.data.currency}")
     print(table.round(1).to_string())
+    print_expected_value_check(chosen, policy_tier, truth_by_tier)
 
     # How well the uplift model ranks the true coupon effect (the tier most sent).
     top_label = policy_tier.value_counts().index[0] if len(policy_tier) else labels[0]
@@ -138,6 +139,29 @@ def main() -> int:
     beaten = all(policy > other for other in table["true profit"].iloc[1:-1])
     print(f"policy beats every rule on true profit: {beaten}")
     return 0 if beaten else 1
+
+
+def print_expected_value_check(chosen: pd.DataFrame, tier: pd.Series, truth_by_tier: dict) -> None:
+    """The list's predicted expected value against its true profit, overall and per lifecycle stage
+    (issue 12: within 25% wherever a stage holds 100 members or more), and the share of coupons that
+    went to members at risk or worse."""
+    true = pd.Series(
+        [truth_by_tier[label].loc[m, "gain"] - truth_by_tier[label].loc[m, "true_cost"] for m, label in tier.items()],
+        index=tier.index,
+        dtype=float,
+    )
+    stage = chosen["segment"].str.rsplit("_", n=1).str[0]
+    groups = [("the whole list", chosen.index), *((name, rows.index) for name, rows in chosen.groupby(stage))]
+    print("predicted expected value against true profit (the same members, the same tiers):")
+    for name, rows in groups:
+        predicted, actual = chosen.loc[rows, "expected_value"].sum(), true.loc[rows].sum()
+        ratio = predicted / actual if actual else float("nan")
+        print(
+            f"  {name:<16} {len(rows):>6,} members: predicted {predicted:>12,.0f}, "
+            f"true {actual:>12,.0f}, ratio {ratio:5.2f}"
+        )
+    at_risk = stage.isin(["at_risk", "sleeping", "lost"]).mean() if len(stage) else float("nan")
+    print(f"coupons to members at risk, sleeping or lost: {at_risk:.1%}")
 
 
 def evaluate(name: str, tier: pd.Series, truth_by_tier: dict, model_cost: dict) -> dict:

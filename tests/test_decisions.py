@@ -10,18 +10,23 @@ from conftest import make_dataset, orders_frame
 
 from retain import btyd, contact, decisions
 from retain.uplift import UpliftModel
+from retain.value import ValueModel
 
 TIERS = {"满100减10": 10.0, "满200减30": 30.0, "满300减50": 50.0}
 UPLIFTS = (0.02, 0.035, 0.045)
 
 
 class FixedValue:
-    """A value model that returns the given member values."""
+    """A value model that returns the given member values, also as the worth of an order a coupon adds
+    (so that here a coupon's expected value is uplift x value - cost)."""
 
     def __init__(self, values):
         self.values = np.asarray(values, dtype=float)
 
     def value(self, summary):
+        return self.values
+
+    def order_worth(self, summary, lapsing=None):
         return self.values
 
 
@@ -260,3 +265,23 @@ def test_contact_rules_cooldown_frequency_cap_and_suppressions(tmp_path, config)
     # the cool-down holds back coupons only; a subscription offer may still go out
     offer = pd.Series("subscription_offer", index=actions.index)
     assert contact.blocked(ds, pd.Timestamp("2025-06-01"), offer, config)["cool"] == ""
+
+
+def test_an_order_a_coupon_adds_is_worth_its_margin_plus_the_value_it_keeps_not_a_year():
+    """Units: the uplift is an extra P(an order in the window), so it multiplies what one order is worth.
+    For a member surely alive that is the order's margin; for a lapsing one, also the value kept by
+    winning them back, (1 - P(alive)) x the value of a member known to be alive."""
+    model = ValueModel(btyd.BGNBD(r=0.25, alpha=4.0, a=0.8, b=2.5), btyd.GammaGamma(p=6.0, q=4.0, gamma=15.0), 365, 0.3)
+    summary = {  # weeks: bought on 20 days up to last week; bought on 10 days, the last a year ago
+        "x": np.array([20.0, 10.0]),
+        "t_x": np.array([52.0, 10.0]),
+        "T": np.array([53.0, 62.0]),
+        "monetary_mean": np.array([200.0, 200.0]),
+    }
+    worth, value = model.order_worth(summary), model.value(summary)
+    margin = model.gamma_gamma.expected_spend(summary["x"], summary["monetary_mean"]) * 0.3
+    alive = model.bgnbd.p_alive(summary["x"], summary["t_x"], summary["T"])
+    assert alive[0] > 0.9 and alive[1] < 0.2
+    np.testing.assert_allclose(worth - margin, (1 - alive) / alive * value)  # the order's margin + the value kept
+    assert margin[0] < worth[0] < value[0] / 5  # the frequent buyer: an order and a little more, not a year
+    assert worth[1] - margin[1] > margin[1]  # the lapsing one: mostly the value a win-back keeps

@@ -4,10 +4,11 @@ Per member (`decide_arrays`, called by the `Scorer`, so the service and the expo
 
 - value: expected margin over `decisions.value_horizon_days` (`retain.value`: BG/NBD x Gamma-Gamma x margin);
 - win-back coupon, for members with churn risk >= `winback.min_churn_risk` (default: the at-risk
-  threshold `decisions.churn_threshold`): for each tier of
-  `winback.coupon_tiers`, expected value = uplift x value - (send cost + P(redeem) x coupon value),
-  the uplift from `retain.uplift`, P(redeem) = (P(buy anyway) + uplift) x the share of such buyers who
-  redeem, P(buy anyway) from the repurchase probability; the best tier is the offer;
+  threshold `decisions.churn_threshold`): for each tier of `winback.coupon_tiers`, expected value =
+  uplift x worth of an order - (send cost + P(redeem) x coupon value), the uplift (extra P(an order in
+  the window)) from `retain.uplift`, the worth of that order its margin plus the value it keeps by
+  winning the member back (`ValueModel.order_worth`), P(redeem) = (P(buy anyway) + uplift) x the share
+  of such buyers who redeem, P(buy anyway) from the repurchase probability; the best tier is the offer;
 - subscription offer (周期购), for members who buy a replenishment category on a regular cycle (gap
   cv <= `subscription.max_cycle_cv`), are likely to buy again (>= `decisions.repurchase_threshold`) and
   hold no subscription: expected value = `subscription.uplift` x the member's value in that category
@@ -110,16 +111,16 @@ def coupon_cost(
 
 
 def coupon_offer(
-    matrix: np.ndarray, value: np.ndarray, p_buy: np.ndarray, model: uplift_model.UpliftModel, config: Config
+    matrix: np.ndarray, worth: np.ndarray, p_buy: np.ndarray, model: uplift_model.UpliftModel, config: Config
 ) -> dict[str, np.ndarray]:
     """The best coupon tier per member: its expected value, cost, uplift and tier index. `p_buy` is each
     member's P(buy in the coupon's window) without one: those members redeem a coupon they did not need."""
-    n = len(value)
+    n = len(worth)
     best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
     values = list(config.winback.coupon_tiers.values())
     for k, (coupon_value, uplift) in enumerate(zip(values, model.predict_tiers(matrix, values), strict=True)):
         cost = coupon_cost(model, p_buy, uplift, coupon_value, config)
-        ev = uplift * value - cost
+        ev = uplift * worth - cost
         better = ev > best["ev"]
         for key, new in (("ev", ev), ("cost", cost), ("uplift", uplift), ("tier", k)):
             best[key] = np.where(better, new, best[key])
@@ -146,7 +147,8 @@ def decide_arrays(
     n = len(churn)
     value = np.nan_to_num(value_model.value(summary))
     matrix = column.matrix(uplift.feature_names)
-    coupon = coupon_offer(matrix, value, p_buy_in_window(repurchase, config), uplift, config)
+    worth = np.nan_to_num(value_model.order_worth(summary, churn))  # of an order the coupon adds
+    coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), uplift, config)
     winback_ev = np.where(churn >= winback_min_churn_risk(config), coupon["ev"], -np.inf)
 
     s = config.subscription

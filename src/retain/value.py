@@ -33,6 +33,21 @@ class ValueModel:
         spend = self.gamma_gamma.expected_spend(summary["x"], summary["monetary_mean"])
         return purchases * spend * self.margin_rate
 
+    def order_worth(self, summary: dict[str, np.ndarray], lapsing: np.ndarray | None = None) -> np.ndarray:
+        """What one more order, bought because of an offer, is worth: its own margin (Gamma-Gamma spend x
+        margin_rate), plus the value it keeps by winning back a member who was on the way out: P(lapsing)
+        x V, V being BG/NBD's expected margin over the horizon for a member known to be active.
+        `lapsing`: the churn model's risk (decisions pass it); by default BG/NBD's 1 - P(alive), which
+        misses the members still buying a little on their way out. This is the unit the uplift (extra
+        P(an order in the window)) multiplies; not a year of value."""
+        x, t_x, T = summary["x"], summary["t_x"], summary["T"]
+        weeks = self.horizon_days / btyd.DAYS_PER_WEEK
+        alive = self.bgnbd.p_alive(x, t_x, T)
+        if_alive = self.bgnbd.expected_purchases(x, t_x, T, weeks, alive=np.ones_like(alive))
+        lapsing = 1.0 - alive if lapsing is None else lapsing
+        margin = self.gamma_gamma.expected_spend(x, summary["monetary_mean"]) * self.margin_rate
+        return margin * (1.0 + lapsing * if_alive)
+
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The registry's view: features in, `value` out."""
         arrays = btyd.summary_arrays(*(frame[name].to_numpy(dtype=float) for name in btyd.SUMMARY_INPUTS))
