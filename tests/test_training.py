@@ -41,6 +41,24 @@ def test_the_gate_promotes_only_a_model_that_is_as_good_and_calibrated():
     assert first.decision == promotion.PROMOTED and "above the limit" in first.reason
 
 
+@pytest.mark.parametrize("metric", ["roc_auc", "pr_auc"])
+def test_the_bootstrap_metric_of_a_resample_is_scikit_learns_on_the_resampled_rows(metric):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from retain.evaluation import WeightedRanking, paired_bootstrap_gain
+
+    reference = roc_auc_score if metric == "roc_auc" else average_precision_score
+    rng = np.random.default_rng(3)
+    y = (rng.random(2000) < 0.3).astype(float)
+    p = np.round(rng.random(2000) + 0.4 * y, 2)  # many ties
+    rows = rng.integers(0, len(y), len(y))
+    counts = np.bincount(rows, minlength=len(y)).astype(float)
+    assert WeightedRanking(y, p, metric)(counts) == pytest.approx(reference(y[rows], p[rows]), abs=1e-12)
+    better = paired_bootstrap_gain(y, p, rng.random(2000), metric)
+    assert 0 < better["ci_low"] < better["estimate"] < better["ci_high"]
+    assert np.isnan(paired_bootstrap_gain(np.ones(5), p[:5], p[:5], metric)["estimate"])
+
+
 def test_the_ece_limit_allows_for_the_sampling_noise_of_a_small_holdout():
     rng = np.random.default_rng(0)
     small, large = rng.uniform(0.05, 0.6, 300), rng.uniform(0.05, 0.6, 30_000)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from sklearn.metrics import average_precision_score
 
 from retain import backtest, plots, promotion, snapshot
 from retain import uplift as uplift_models
@@ -106,9 +105,7 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
     if champion is not None:
         pipeline, p_champion = champion_pipeline(snapshots, held_out, task, champion[1].tags, scores)
         champion_metrics = evaluate(y.to_numpy(), p_champion)
-        gap = paired_bootstrap_gain(
-            y.to_numpy(), served, p_champion, average_precision_score, seed=config.training.seed
-        )
+        gap = paired_bootstrap_gain(y.to_numpy(), served, p_champion, "pr_auc", seed=config.training.seed)
     new_metrics = result["models"][result["selected"]]
     t = config.training
     ece_limit = max(t.max_ece, ece_noise_bound(served, seed=t.seed))

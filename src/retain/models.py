@@ -215,7 +215,7 @@ def fit_task_model(
     metadata: dict = {"best_iteration": booster.best_iteration, "anchor": anchor, "num_threads": settings.num_threads}
     if anchor:
         y_cal = y_calibration.to_numpy()
-        with_trees = init_cal + booster.predict(x_cal, raw_score=True, num_iteration=booster.best_iteration)
+        with_trees = init_cal + forest.raw_score(booster, x_cal, booster.best_iteration, settings.num_threads)
         anchor_only = sklearn_log_loss(y_cal, special.expit(init_cal), labels=[0, 1])
         metadata["trees"] = (
             booster.best_iteration
