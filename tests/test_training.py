@@ -296,3 +296,27 @@ def test_the_candidates_come_from_the_config(small_shop, config):
     assert list(fitted.candidates) == ["lightgbm"] and fitted.selected == "lightgbm"
     with pytest.raises(ConfigError, match=r"selection\.candidates"):
         SelectionConfig(candidates=["xgboost"])
+
+
+def test_candidates_sharing_binned_data_are_the_models_fitted_alone():
+    """The candidates of a cutoff share LightGBM's binned data; each sets its own init score, and the
+    unanchored one after an anchored one starts from none (the shared data's is cleared)."""
+    from retain import btyd, models
+    from retain.config import LightGBMConfig
+
+    rng = np.random.default_rng(0)
+    n = 6000
+    frame = pd.DataFrame({"recency_days": rng.exponential(60, n), "frequency": rng.poisson(3, n) + 1.0})
+    frame["bgnbd_p_purchase"] = 1 / (1 + frame["recency_days"] / 60)
+    frame["bgnbd_expected_purchases"] = frame["frequency"] * frame["bgnbd_p_purchase"]
+    y = pd.Series((rng.random(n) < frame["bgnbd_p_purchase"]).astype(int))
+    train, cal, y_train, y_cal = frame[:4000], frame[4000:], y[:4000], y[4000:]
+    settings = LightGBMConfig(max_trees=40, min_child_samples=50)
+    bgnbd = btyd.BGNBD(r=0.25, alpha=4.0, a=0.8, b=2.5)
+    shared = models.lightgbm_datasets(train, y_train, cal, y_cal, {**settings.params(), "seed": 7})
+    for anchor in ("bgnbd_p_purchase", None):
+        with_shared = models.fit_task_model(
+            "repurchase", 30, train, y_train, cal, y_cal, 7, bgnbd, anchor, settings, shared
+        )
+        alone = models.fit_task_model("repurchase", 30, train, y_train, cal, y_cal, 7, bgnbd, anchor, settings)
+        np.testing.assert_array_equal(with_shared.predict(cal), alone.predict(cal))

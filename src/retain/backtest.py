@@ -149,7 +149,9 @@ def fit_for_cutoff(
         chosen = select_before(snapshots, plan, task) if select else None  # needed first to fit only it
         names = [chosen["selected"]] if only_selected and chosen else list(snapshots.config.selection.candidates)
         data = training_data(snapshots, plan, task)
-        candidates = {name: fit_candidate(snapshots, plan, task, name, data) for name in names}
+        params = {**snapshots.config.lightgbm.params(), "seed": snapshots.config.training.seed}
+        shared = models.lightgbm_datasets(*data, params) if len(names) > 1 else None  # binned once
+        candidates = {name: fit_candidate(snapshots, plan, task, name, data, datasets=shared) for name in names}
         x_fit, y_fit, x_cal, _ = data
         rules = models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit)
         snapshots.fits[key] = FittedTask(plan, candidates, *rules, len(x_fit) + len(x_cal), chosen)
@@ -166,10 +168,17 @@ def training_data(snapshots: Snapshots, plan: SnapshotPlan, task: str) -> tuple:
 
 
 def fit_candidate(
-    snapshots: Snapshots, plan: SnapshotPlan, task: str, name: str, data: tuple, settings: LightGBMConfig | None = None
+    snapshots: Snapshots,
+    plan: SnapshotPlan,
+    task: str,
+    name: str,
+    data: tuple,
+    settings: LightGBMConfig | None = None,
+    datasets: tuple | None = None,
 ) -> models.TaskModel:
     """One candidate of `selection.CANDIDATES` fitted on a plan's data (`training_data`), with the
-    configured LightGBM settings unless others are given (a champion trained under other settings)."""
+    configured LightGBM settings unless others are given (a champion trained under other settings);
+    `datasets`: that data binned by `models.lightgbm_datasets` with the configured settings."""
     return models.fit_task_model(
         task,
         plan.train_horizon_days,
@@ -178,6 +187,7 @@ def fit_candidate(
         snapshots.bgnbd(plan.calibration_dates[0]),
         selection.ANCHOR_OF[name],
         settings or snapshots.config.lightgbm,
+        datasets if settings is None else None,
     )
 
 
