@@ -241,7 +241,7 @@ def test_contact_rules_cooldown_frequency_cap_and_suppressions(tmp_path, config)
             ("cool", "2025-05-20", "winback_coupon", True),  # 12 days before: cooling down
             ("capped", "2025-05-10", "subscription", True),
             ("capped", "2025-05-25", "subscription", True),  # two contacts in 30 days
-            ("control", "2025-05-20", "winback_coupon", False),  # held out: never contacted
+            ("control", "2025-05-20", "winback_coupon", False),  # held out 12 days before: still measured
             ("old", "2025-03-01", "winback_coupon", True),  # long ago
             ("free", "2025-06-01", "winback_coupon", True),  # on the day: not known before it
         ]
@@ -256,7 +256,7 @@ def test_contact_rules_cooldown_frequency_cap_and_suppressions(tmp_path, config)
     assert blocked.to_dict() == {
         "cool": "cooldown",
         "capped": "frequency_cap",
-        "control": "",
+        "control": "cooldown",  # a control assignment counts: no coupon while the member is a control
         "old": "",
         "opted": "suppressed:opted_out",
         "expired": "",
@@ -285,3 +285,25 @@ def test_an_order_a_coupon_adds_is_worth_its_margin_plus_the_value_it_keeps_not_
     np.testing.assert_allclose(worth - margin, (1 - alive) / alive * value)  # the order's margin + the value kept
     assert margin[0] < worth[0] < value[0] / 5  # the frequent buyer: an order and a little more, not a year
     assert worth[1] - margin[1] > margin[1]  # the lapsing one: mostly the value a win-back keeps
+
+
+def test_a_control_stays_a_control_for_a_response_window(config):
+    """Run the daily choice over 60 days: a member held out on a day is not contacted in the response
+    window after it (14 days), and over the days every member is contacted sometimes."""
+    ids = pd.Index([f"m{i:03d}" for i in range(400)], name="member_id")
+    scored = pd.DataFrame({"action": "winback_coupon", "expected_value": 10.0, "cost": 1.0}, index=ids)
+    cfg = dataclasses.replace(
+        config,
+        decisions=dataclasses.replace(config.decisions, holdout_share=0.2),
+        winback=dataclasses.replace(config.winback, daily_budget=1e9, response_days=14),
+    )
+    days = pd.date_range("2025-03-01", periods=60)
+    status = pd.DataFrame({day: decisions.choose(scored, pd.Series("", index=ids), day, cfg) for day in days})
+    window = pd.Timedelta(days=14)
+    held = 0
+    for day in days:
+        for member in status.index[status[day] == decisions.CONTROL]:
+            later = status.loc[member, [d for d in days if day < d <= day + window]]
+            assert (later != decisions.CONTACT).all(), (member, day)
+            held += 1
+    assert held > 0 and (status == decisions.CONTACT).any(axis=1).mean() > 0.9

@@ -2,9 +2,10 @@
 
 - suppressions (the optional `suppressions` table: opted out, complaint, legal hold) remove a member from
   every list while `until` is empty or not yet passed;
-- the frequency cap: at most `decisions.frequency_cap` contacts (offers of any kind, sent to the member)
-  within `decisions.frequency_window_days`;
-- the cool-down: no second win-back coupon within `winback.cooldown_days` (blocks the coupon only).
+- the frequency cap: at most `decisions.frequency_cap` contacts (offers of any kind, sent to the member
+  or held back from them as a control) within `decisions.frequency_window_days`;
+- the cool-down: no second win-back coupon within `winback.cooldown_days` (blocks the coupon only); a
+  control assignment counts as a coupon, so a held-out member is not sent one while they are measured.
 
 Only what was known before the day counts: offers sent before it, suppressions in the table.
 """
@@ -35,7 +36,7 @@ def blocked(dataset: Dataset, as_of: pd.Timestamp, actions: pd.Series, config: C
                 SELECT member_id,
                        count(*) FILTER (WHERE offer_type = 'winback_coupon' AND sent_at >= ?) AS coupons,
                        count(*) FILTER (WHERE sent_at >= ?) AS contacts
-                FROM offers WHERE treated AND sent_at < ? GROUP BY member_id
+                FROM offers WHERE sent_at < ? GROUP BY member_id
                 """,
                     [
                         (as_of - pd.Timedelta(days=config.winback.cooldown_days)).to_pydatetime(),

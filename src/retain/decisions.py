@@ -19,7 +19,8 @@ Per member (`decide_arrays`, called by the `Scorer`, so the service and the expo
 
 For the daily list (`choose`): members whose action has positive expected value and no contact rule
 against them, by expected value per unit cost, until `winback.daily_budget` is spent; a random
-`decisions.holdout_share` of them is held out as the control group and costs nothing.
+`decisions.holdout_share` of them is held out as the control group and costs nothing; the control group
+is drawn per response window and the previous window's is not contacted, so a control stays one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from retain.value import ValueModel
 WINBACK, SUBSCRIPTION, NONE = "winback_coupon", "subscription_offer", "none"
 # Status of each scored member in the daily export.
 CONTACT, CONTROL, OVER_BUDGET, NO_ACTION = "contact", "control", "over_budget", "no_action"
+HELD_OUT_BEFORE = "held_out_last_period"  # in the control group of the previous period: not contacted yet
+EPOCH = pd.Timestamp("2000-01-03")  # the control group's periods count from this day
 
 
 class Columns:
@@ -178,10 +181,12 @@ def decide_arrays(
     }
 
 
-def holdout_draw(member_ids: pd.Index, as_of: pd.Timestamp) -> np.ndarray:
-    """A uniform number in [0, 1) per member, fixed for the member and the day: the same run draws the
-    same control group, and a member is not held out every day."""
-    key = f"retain-{pd.Timestamp(as_of):%Y%m%d}-"[:16].ljust(16, "-")
+def holdout_draw(member_ids: pd.Index, as_of: pd.Timestamp, period_days: int) -> np.ndarray:
+    """A uniform number in [0, 1) per member, fixed for the member within each period of `period_days`
+    days (counted from EPOCH): a member held out on a day is held out on every day of its period, and
+    the same run draws the same control group. See `choose` for the period after."""
+    period = (pd.Timestamp(as_of).normalize() - EPOCH).days // period_days
+    key = f"retain-{period}-"[:16].ljust(16, "-")
     hashed = pd.util.hash_pandas_object(pd.Series(member_ids.astype(str)), index=False, hash_key=key)
     return hashed.to_numpy(dtype=np.uint64) / np.float64(2**64)
 
@@ -194,17 +199,27 @@ def ranked(expected_value: np.ndarray, cost: np.ndarray, member_ids: np.ndarray)
 
 
 def choose(scored: pd.DataFrame, blocked: pd.Series, as_of: pd.Timestamp, config: Config) -> pd.Series:
-    """Status per member: contact, control (held out), over_budget, no_action, or the contact rule that
-    blocks the member (`blocked`: empty where none). Members are ranked by expected value per unit cost
-    (ties by member_id) and taken until the budget is spent; held-out members cost nothing."""
+    """Status per member: contact, control (held out), over_budget, no_action, held_out_last_period, or the
+    contact rule that blocks the member (`blocked`: empty where none). Members are ranked by expected value
+    per unit cost (ties by member_id) and taken until the budget is spent; held-out members cost nothing.
+
+    The control group is drawn per period of `winback.response_days` (`holdout_draw`), and the previous
+    period's control group is not contacted: a member held out on a day gets no offer for at least one
+    response window after it, so the control's outcomes stay a control's."""
     blocked = blocked.reindex(scored.index).fillna("")
+    period, share = config.winback.response_days, config.decisions.holdout_share
+    held_out = holdout_draw(scored.index, as_of, period) < share
+    held_before = holdout_draw(scored.index, pd.Timestamp(as_of) - pd.Timedelta(days=period), period) < share
+    # A control stays a control for a whole response window after its last day held out: the members of the
+    # previous period's control group are not contacted in this one (unless held out again).
+    blocked = blocked.where((blocked != "") | ~held_before | held_out, HELD_OUT_BEFORE)
     ev, cost = scored["expected_value"].to_numpy(), scored["cost"].to_numpy()
     candidate = (scored["action"].to_numpy() != NONE) & (ev > 0) & (blocked.to_numpy() == "")
     status = np.where(blocked.to_numpy() != "", blocked.to_numpy(), NO_ACTION).astype(object)
     status[(scored["action"].to_numpy() == NONE) | (ev <= 0)] = NO_ACTION
     rows = np.flatnonzero(candidate)
     rows = rows[ranked(ev[rows], cost[rows], scored.index.to_numpy()[rows])]
-    held_out = holdout_draw(scored.index[rows], as_of) < config.decisions.holdout_share
+    held_out = held_out[rows]
     spent = np.cumsum(np.where(held_out, 0.0, cost[rows]))
     over = spent > config.winback.daily_budget
     first_over = int(np.argmax(over)) if over.any() else len(rows)
