@@ -336,3 +336,18 @@ def test_member_data_is_readable_by_the_owner_and_group_only(setup, small_shop, 
         assert stat.S_IMODE(path.stat().st_mode) == folder_mode, path
     for path in [*folder.iterdir(), tmp_path / "snap" / "2025-01-20.parquet", tmp_path / "snap" / "CURRENT"]:
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_a_dataset_in_another_currency_than_the_money_settings_is_refused(tmp_path, config):
+    """CDNOW is in USD; the shipped tiers, budget and send cost are in CNY: no list priced in both."""
+    from conftest import orders_frame
+
+    from retain.dataset import open_dataset, write_dataset
+
+    write_dataset(
+        tmp_path / "usd", {"orders": orders_frame([("a", "2025-01-05", 30.0)])}, pd.Timestamp("2025-02-01"), "USD"
+    )
+    usd = open_dataset(tmp_path / "usd")
+    with pytest.raises(RetainError, match=r"is in USD but the money settings .* are in CNY \(data\.currency\)"):
+        export.run(usd, config, None, pd.Timestamp("2025-02-01"), tmp_path / "exports")
+    assert not (tmp_path / "exports").exists()

@@ -104,6 +104,18 @@ def check_date(text: str | pd.Timestamp, dataset: Dataset, today: pd.Timestamp |
     return day
 
 
+def check_currency(dataset: Dataset, config: Config) -> None:
+    """The money settings (coupon tiers, budget, send costs) are written in `data.currency`: an export of a
+    dataset in another currency would price USD orders with CNY coupons, so it is refused."""
+    currency = dataset.metadata.get("currency")
+    if currency and currency != config.data.currency:
+        raise RetainError(
+            f"{dataset.path} is in {currency} but the money settings of the config (coupon tiers, budget, send "
+            f"costs) are in {config.data.currency} (data.currency); write them in {currency} and set "
+            f"data.currency = \"{currency}\" (or RETAIN_DATA_CURRENCY={currency}), then run again."
+        )
+
+
 def run(
     dataset: Dataset,
     config: Config,
@@ -119,6 +131,7 @@ def run(
     """Score, decide and write the export for `day` (already checked by `check_date`), with the features
     and scores computed by `engine` (retain.engine; None: DuckDB in this process). `serve`: make the
     day's snapshot the served one even when the service serves a newer day."""
+    check_currency(dataset, config)
     mode = config.export.mode
     if not out.exists():
         out.mkdir(parents=True)
