@@ -27,7 +27,7 @@ from retain.config import Config, LightGBMConfig, load_config
 from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
-from retain.evaluation import calibration_table, ece_noise_bound, evaluate, paired_bootstrap_gain, qini_coefficient
+from retain.evaluation import calibration_table, ece_noise_bound, evaluate, paired_bootstrap_gain, qini_interval
 from retain.features import dataset_connection
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.scoring import MODELS
@@ -168,36 +168,43 @@ def champion_pipeline(
 def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     """Fit the coupon uplift model on the offers of the last `winback.history_days`, measure it on the
     latest `winback.holdout_days` of offers (fitted on the earlier ones), refit on all, and register it.
-    The T-learner becomes champion when its held-out Qini coefficient is positive (it ranks members
-    better than chance); otherwise, and without enough history, the configured priors do."""
+    The T-learner becomes champion when its held-out Qini coefficient's 95% bootstrap interval is above 0
+    (it surely ranks members better than chance; the offers it was fitted on end one response window
+    before the held-out ones, so no outcome overlaps); otherwise, and without enough history, the
+    configured priors do."""
     dataset, config = snapshots.dataset, snapshots.config
     w, until = config.winback, dataset.observed_until
     outcomes = uplift_models.offer_outcomes(dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days)
     x, offers = uplift_models.training_frame(outcomes, snapshots.base_features)
     names = list(snapshots.base_features(until).columns)
     x = x.reindex(columns=names)
-    held_out = (offers["sent_day"] >= until - pd.Timedelta(days=w.holdout_days)).to_numpy()
+    held_out_from = until - pd.Timedelta(days=w.holdout_days)
+    held_out = (offers["sent_day"] >= held_out_from).to_numpy()
+    # a gap of one response window: the outcomes of the offers fitted on close before the held-out ones start
+    fitted_on = (offers["sent_day"] < held_out_from - pd.Timedelta(days=w.response_days)).to_numpy()
     seed = config.training.seed
     metrics: dict[str, float] = {"offers": len(offers), "held_out_offers": int(held_out.sum())}
-    early = uplift_models.fit_uplift(x[~held_out], offers[~held_out], config, seed)
+    early = uplift_models.fit_uplift(x[fitted_on], offers[fitted_on], config, seed)
     treated = offers["treated"].to_numpy(dtype=bool)
     bought = offers["bought"].to_numpy(dtype=int)
     if early.kind == "t_learner" and (treated & held_out).any() and (~treated & held_out).any():
         predicted = uplift_models.predict_offers(early, x[held_out], offers[held_out])
-        metrics["qini"] = qini_coefficient(bought[held_out], treated[held_out], predicted)
+        interval = qini_interval(bought[held_out], treated[held_out], predicted, seed=seed)
+        metrics["qini"], metrics["qini_ci_low"], metrics["qini_ci_high"] = interval.values()
         metrics["held_out_observed_uplift"] = float(
             bought[held_out & treated].mean() - bought[held_out & ~treated].mean()
         )
         metrics["held_out_predicted_uplift"] = float(predicted.mean())
     refit = uplift_models.fit_uplift(x, offers, config, seed)
-    qini = metrics.get("qini", float("nan"))
+    qini, low, high = (metrics.get(key, float("nan")) for key in ("qini", "qini_ci_low", "qini_ci_high"))
+    interval = f"{qini:.4f} [{low:.4f}, {high:.4f}]"
     if refit.kind == "prior":
         model, reason = refit, f"priors: {refit.metadata['prior_reason']}"
-    elif qini > 0:
-        model, reason = refit, f"T-learner: held-out Qini {qini:.4f} > 0"
+    elif low > 0:
+        model, reason = refit, f"T-learner: held-out Qini {interval}, its 95% interval above 0"
     else:
-        model = uplift_models.prior_model(config, names, f"the T-learner's held-out Qini was {qini:.4f}")
-        reason = f"priors: the T-learner's held-out Qini {qini:.4f} is not above 0"
+        model = uplift_models.prior_model(config, names, f"the T-learner's held-out Qini was {interval}")
+        reason = f"priors: the T-learner's held-out Qini {interval} is not surely above 0"
     with registry.run("uplift", run_name=f"uplift-{until.date()}") as run_id:
         registry.log_params(
             {

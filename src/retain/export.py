@@ -112,7 +112,7 @@ def check_currency(dataset: Dataset, config: Config) -> None:
         raise RetainError(
             f"{dataset.path} is in {currency} but the money settings of the config (coupon tiers, budget, send "
             f"costs) are in {config.data.currency} (data.currency); write them in {currency} and set "
-            f"data.currency = \"{currency}\" (or RETAIN_DATA_CURRENCY={currency}), then run again."
+            f'data.currency = "{currency}" (or RETAIN_DATA_CURRENCY={currency}), then run again.'
         )
 
 
