@@ -9,7 +9,7 @@ import pytest
 from conftest import make_dataset, orders_frame
 
 from retain import uplift
-from retain.evaluation import qini_coefficient
+from retain.evaluation import qini_coefficient, qini_interval
 
 
 def test_qini_is_zero_for_random_targeting_positive_for_the_true_ranking_and_negative_reversed():
@@ -21,6 +21,17 @@ def test_qini_is_zero_for_random_targeting_positive_for_the_true_ranking_and_neg
     assert qini_coefficient(y, treated, effect) > 0.15
     assert abs(qini_coefficient(y, treated, rng.random(n))) < 0.05
     assert qini_coefficient(y, treated, -effect) < -0.15
+
+
+def test_the_qini_interval_is_above_zero_for_the_true_ranking_and_covers_zero_for_a_random_one():
+    rng = np.random.default_rng(1)
+    n = 5000
+    effect = rng.uniform(-0.1, 0.4, n)
+    treated = rng.random(n) < 0.8
+    y = (rng.random(n) < 0.2 + effect * treated).astype(int)
+    assert qini_interval(y, treated, effect, rounds=100)["ci_low"] > 0
+    random = qini_interval(y, treated, rng.random(n), rounds=100)
+    assert random["ci_low"] < 0 < random["ci_high"]
 
 
 def synthetic_offers(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
