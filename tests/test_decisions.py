@@ -26,8 +26,8 @@ class FixedValue:
     def value(self, summary):
         return self.values
 
-    def order_worth(self, summary, lapsing=None):
-        return self.values
+    def value_and_worth(self, summary, lapsing=None):
+        return self.values, self.values
 
 
 class GrowingUplift(UpliftModel):

@@ -62,21 +62,26 @@ class Columns:
         return out
 
 
+STAGES = ("active", "at_risk", "sleeping", "lost", "new")
+VALUE_TIERS = ("low", "potential", "high")
+SEGMENTS = np.array([f"{stage}_{tier}" for stage in STAGES for tier in VALUE_TIERS])
+
+
 def lifecycle(tenure_days: np.ndarray, churn_risk: np.ndarray, config: Config) -> np.ndarray:
-    """active < churn_threshold <= at_risk < sleeping_threshold <= sleeping < lost_threshold <= lost
-    (thresholds in order: `DecisionsConfig` checks); members younger than new_member_days are new."""
+    """The index in STAGES: active < churn_threshold <= at_risk < sleeping_threshold <= sleeping <
+    lost_threshold <= lost (thresholds in order: `DecisionsConfig` checks); members younger than
+    new_member_days are new."""
     d = config.decisions
-    stages = np.array(["active", "at_risk", "sleeping", "lost"])
     thresholds = [d.churn_threshold, d.sleeping_threshold, d.lost_threshold]
-    stage = stages[np.searchsorted(thresholds, churn_risk, side="right")]  # a missing risk sorts last: lost
-    return np.where(tenure_days < d.new_member_days, "new", stage)
+    stage = np.searchsorted(thresholds, churn_risk, side="right")  # a missing risk sorts last: lost
+    return np.where(tenure_days < d.new_member_days, STAGES.index("new"), stage)
 
 
 def segment(tenure_days: np.ndarray, churn_risk: np.ndarray, value: np.ndarray, config: Config) -> np.ndarray:
     """Lifecycle crossed with value: `<lifecycle>_<high|potential|low>`, e.g. `at_risk_high`."""
     d = config.decisions
-    tier = np.where(value >= d.high_value, "high", np.where(value >= d.low_value, "potential", "low"))
-    return np.char.add(np.char.add(lifecycle(tenure_days, churn_risk, config).astype(str), "_"), tier.astype(str))
+    tier = (value >= d.low_value).astype(int) + (value >= d.high_value)
+    return SEGMENTS[lifecycle(tenure_days, churn_risk, config) * len(VALUE_TIERS) + tier]
 
 
 def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,9 +153,8 @@ def decide_arrays(
 ) -> dict[str, np.ndarray]:
     """segment, action, offer_detail, expected_value, cost, uplift and value per member (no budget)."""
     n = len(churn)
-    value = np.nan_to_num(value_model.value(summary))
+    value, worth = (np.nan_to_num(v) for v in value_model.value_and_worth(summary, churn))
     matrix = column.matrix(uplift.feature_names)
-    worth = np.nan_to_num(value_model.order_worth(summary, churn))  # of an order the coupon adds
     coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), uplift, config)
     winback_ev = np.where(churn >= winback_min_churn_risk(config), coupon["ev"], -np.inf)
 

@@ -28,10 +28,7 @@ class ValueModel:
 
     def value(self, summary: dict[str, np.ndarray]) -> np.ndarray:
         """Expected margin per member from the BTYD summary arrays (x, t_x, T, monetary_mean)."""
-        weeks = self.horizon_days / btyd.DAYS_PER_WEEK
-        purchases = self.bgnbd.expected_purchases(summary["x"], summary["t_x"], summary["T"], weeks)
-        spend = self.gamma_gamma.expected_spend(summary["x"], summary["monetary_mean"])
-        return purchases * spend * self.margin_rate
+        return self.value_and_worth(summary)[0]
 
     def order_worth(self, summary: dict[str, np.ndarray], lapsing: np.ndarray | None = None) -> np.ndarray:
         """What one more order, bought because of an offer, is worth: its own margin (Gamma-Gamma spend x
@@ -40,13 +37,20 @@ class ValueModel:
         `lapsing`: the churn model's risk (decisions pass it); by default BG/NBD's 1 - P(alive), which
         misses the members still buying a little on their way out. This is the unit the uplift (extra
         P(an order in the window)) multiplies; not a year of value."""
+        return self.value_and_worth(summary, lapsing)[1]
+
+    def value_and_worth(
+        self, summary: dict[str, np.ndarray], lapsing: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`value` and `order_worth` from one pass over the BTYD arithmetic (the scorer needs both)."""
         x, t_x, T = summary["x"], summary["t_x"], summary["T"]
         weeks = self.horizon_days / btyd.DAYS_PER_WEEK
         alive = self.bgnbd.p_alive(x, t_x, T)
         if_alive = self.bgnbd.expected_purchases(x, t_x, T, weeks, alive=np.ones_like(alive))
+        spend = self.gamma_gamma.expected_spend(x, summary["monetary_mean"])
+        value = if_alive * alive * spend * self.margin_rate
         lapsing = 1.0 - alive if lapsing is None else lapsing
-        margin = self.gamma_gamma.expected_spend(x, summary["monetary_mean"]) * self.margin_rate
-        return margin * (1.0 + lapsing * if_alive)
+        return value, spend * self.margin_rate * (1.0 + lapsing * if_alive)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The registry's view: features in, `value` out."""
