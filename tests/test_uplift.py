@@ -12,25 +12,25 @@ from retain import uplift
 from retain.evaluation import qini_coefficient, qini_interval
 
 
-def test_qini_is_zero_for_random_targeting_positive_for_the_true_ranking_and_negative_reversed():
-    rng = np.random.default_rng(0)
-    n = 40_000
+def campaign(n: int, seed: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
+    """A campaign's offers: each member's true effect, who was treated (80%), who bought."""
+    rng = np.random.default_rng(seed)
     effect = rng.uniform(-0.1, 0.4, n)
     treated = rng.random(n) < 0.8
-    y = (rng.random(n) < 0.2 + effect * treated).astype(int)
+    return rng, effect, treated, (rng.random(n) < 0.2 + effect * treated).astype(int)
+
+
+def test_qini_is_zero_for_random_targeting_positive_for_the_true_ranking_and_negative_reversed():
+    rng, effect, treated, y = campaign(40_000, seed=0)
     assert qini_coefficient(y, treated, effect) > 0.15
-    assert abs(qini_coefficient(y, treated, rng.random(n))) < 0.05
+    assert abs(qini_coefficient(y, treated, rng.random(len(y)))) < 0.05
     assert qini_coefficient(y, treated, -effect) < -0.15
 
 
 def test_the_qini_interval_is_above_zero_for_the_true_ranking_and_covers_zero_for_a_random_one():
-    rng = np.random.default_rng(1)
-    n = 5000
-    effect = rng.uniform(-0.1, 0.4, n)
-    treated = rng.random(n) < 0.8
-    y = (rng.random(n) < 0.2 + effect * treated).astype(int)
+    rng, effect, treated, y = campaign(5000, seed=1)
     assert qini_interval(y, treated, effect, rounds=100)["ci_low"] > 0
-    random = qini_interval(y, treated, rng.random(n), rounds=100)
+    random = qini_interval(y, treated, rng.random(len(y)), rounds=100)
     assert random["ci_low"] < 0 < random["ci_high"]
 
 
