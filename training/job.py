@@ -168,10 +168,12 @@ def champion_pipeline(
 def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     """Fit the coupon uplift model on the offers of the last `winback.history_days`, measure it on the
     latest `winback.holdout_days` of offers (fitted on the earlier ones), refit on all, and register it.
-    The T-learner becomes champion when its held-out Qini coefficient's 95% bootstrap interval is above 0
-    (it surely ranks members better than chance; the offers it was fitted on end one response window
-    before the held-out ones, so no outcome overlaps); otherwise, and without enough history, the
-    configured priors do."""
+    The T-learner becomes champion when its held-out Qini coefficient is above 0 (it ranks members better
+    than chance; the offers it was fitted on end one response window before the held-out ones, so no
+    outcome overlaps); otherwise, and without enough history, the configured priors do. The Qini's 95%
+    bootstrap interval is logged beside it but does not gate yet: on the demo shop it spans 0 ([-0.013,
+    0.247]), and the flat prior that would replace the T-learner over-values the list five times
+    (bench/README.md, issue 12) — the prior has to get better before the gate can be stricter."""
     dataset, config = snapshots.dataset, snapshots.config
     w, until = config.winback, dataset.observed_until
     outcomes = uplift_models.offer_outcomes(dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days)
@@ -200,11 +202,11 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     interval = f"{qini:.4f} [{low:.4f}, {high:.4f}]"
     if refit.kind == "prior":
         model, reason = refit, f"priors: {refit.metadata['prior_reason']}"
-    elif low > 0:
-        model, reason = refit, f"T-learner: held-out Qini {interval}, its 95% interval above 0"
+    elif qini > 0:  # not yet `low > 0`: see the docstring
+        model, reason = refit, f"T-learner: held-out Qini {interval} (95% interval) > 0"
     else:
         model = uplift_models.prior_model(config, names, f"the T-learner's held-out Qini was {interval}")
-        reason = f"priors: the T-learner's held-out Qini {interval} is not surely above 0"
+        reason = f"priors: the T-learner's held-out Qini {interval} is not above 0"
     with registry.run("uplift", run_name=f"uplift-{until.date()}") as run_id:
         registry.log_params(
             {
