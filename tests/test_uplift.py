@@ -9,7 +9,7 @@ import pytest
 from conftest import make_dataset, orders_frame
 
 from retain import uplift
-from retain.evaluation import qini_coefficient, qini_interval
+from retain.evaluation import qini_coefficient, qini_interval, uplift_calibration
 
 
 def campaign(n: int, seed: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray]:
@@ -32,6 +32,18 @@ def test_the_qini_interval_is_above_zero_for_the_true_ranking_and_covers_zero_fo
     assert qini_interval(y, treated, effect, rounds=100)["ci_low"] > 0
     random = qini_interval(y, treated, rng.random(len(y)), rounds=100)
     assert random["ci_low"] < 0 < random["ci_high"]
+
+
+def test_the_uplift_calibration_compares_each_decile_with_its_treated_minus_control_rate():
+    # hand-built: 20 offers, the lower half predicted 0.0 (no effect), the upper half 0.5
+    predicted = np.array([0.0] * 10 + [0.5] * 10)
+    treated = np.array([True, False] * 10)
+    bought = np.array([1, 1, 0, 0, 0, 0, 1, 1, 0, 0] + [1, 0, 1, 0, 1, 1, 1, 0, 0, 0])
+    low, high = uplift_calibration(bought, treated, predicted, bins=2)
+    assert low == {"predicted": 0.0, "realised": 0.0, "treated": 5, "control": 5}  # 2/5 - 2/5
+    assert high == {"predicted": 0.5, "realised": pytest.approx(0.8 - 0.2), "treated": 5, "control": 5}
+    (only,) = uplift_calibration(bought[treated], treated[treated], predicted[treated], bins=1)
+    assert np.isnan(only["realised"])  # no control group, no estimate
 
 
 def synthetic_offers(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:

@@ -27,7 +27,14 @@ from retain.config import Config, LightGBMConfig, load_config
 from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
-from retain.evaluation import calibration_table, ece_noise_bound, evaluate, paired_bootstrap_gain, qini_interval
+from retain.evaluation import (
+    calibration_table,
+    ece_noise_bound,
+    evaluate,
+    paired_bootstrap_gain,
+    qini_interval,
+    uplift_calibration,
+)
 from retain.features import dataset_connection
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.scoring import MODELS
@@ -192,6 +199,7 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     if early.kind == "t_learner" and (treated & held_out).any() and (~treated & held_out).any():
         predicted = uplift_models.predict_offers(early, x[held_out], offers[held_out])
         interval = qini_interval(bought[held_out], treated[held_out], predicted, seed=seed)
+        calibration = uplift_calibration(bought[held_out], treated[held_out], predicted)
         metrics["qini"], metrics["qini_ci_low"], metrics["qini_ci_high"] = interval.values()
         metrics["held_out_observed_uplift"] = float(
             bought[held_out & treated].mean() - bought[held_out & ~treated].mean()
@@ -225,6 +233,10 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
         if "qini" in metrics:
             figure = plots.qini(bought[held_out], treated[held_out], predicted, "coupon uplift, held-out offers")
             registry.log_figure(figure, "plots/qini.png")
+            plots.close(figure)
+            registry.log_dict({"deciles": calibration}, "uplift_calibration.json")
+            figure = plots.uplift_calibration(calibration, "coupon uplift by decile, held-out offers")
+            registry.log_figure(figure, "plots/uplift_calibration.png")
             plots.close(figure)
         example = x.head(5).assign(**{uplift_models.COUPON_VALUE: next(iter(w.coupon_tiers.values()))})
         version = registry.log_model(model, example[[*names, uplift_models.COUPON_VALUE]])

@@ -157,6 +157,28 @@ def qini_interval(
     return {"estimate": qini_coefficient(y, treated, uplift), "ci_low": float(low), "ci_high": float(high)}
 
 
+def uplift_calibration(
+    y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, bins: int = 10
+) -> list[dict[str, float]]:
+    """The uplift model's calibration on offers whose outcome is known: the offers cut into `bins` groups
+    of equal size by predicted uplift (lowest first), each with its mean predicted uplift and the
+    realised one, the treated members' buying rate minus the control members' (NaN without both arms)."""
+    y, treated, uplift = np.asarray(y, dtype=float), np.asarray(treated, dtype=bool), np.asarray(uplift, dtype=float)
+    rows = []
+    for group in np.array_split(np.argsort(uplift, kind="stable"), bins):
+        t, c = group[treated[group]], group[~treated[group]]
+        realised = y[t].mean() - y[c].mean() if len(t) and len(c) else float("nan")
+        rows.append(
+            {
+                "predicted": float(uplift[group].mean()),
+                "realised": float(realised),
+                "treated": len(t),
+                "control": len(c),
+            }
+        )
+    return rows
+
+
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[list[float]]:
     """[mean prediction, observed rate, members] per non-empty equal-width probability bin."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)

@@ -85,5 +85,19 @@ def qini(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray, title: str) -> 
     return fig
 
 
+def uplift_calibration(table: list[dict[str, float]], title: str) -> plt.Figure:
+    """Realised against predicted uplift per decile of prediction (`evaluation.uplift_calibration`)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    predicted = [row["predicted"] for row in table]
+    realised = [row["realised"] for row in table]
+    low, high = min(predicted + realised), max(predicted + realised)
+    ax.plot([low, high], [low, high], color="grey", linestyle=":", label="perfect")
+    ax.plot(predicted, realised, marker="o", label="deciles of predicted uplift")
+    ax.set(xlabel="predicted uplift (P(order) with - without)", ylabel="realised: treated - control", title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
