@@ -24,7 +24,8 @@ def job_config(config, tmp_path):
     )
     serving = dataclasses.replace(config.serving, snapshot_dir=str(tmp_path / "snapshots"))
     training = dataclasses.replace(config.training, max_ece=0.1)
-    return dataclasses.replace(config, mlflow=mlflow, serving=serving, training=training)
+    winback = dataclasses.replace(config.winback, min_treated=200, min_control=50)  # the small shop's campaigns
+    return dataclasses.replace(config, mlflow=mlflow, serving=serving, training=training, winback=winback)
 
 
 def test_the_gate_promotes_only_a_model_that_is_as_good_and_calibrated():
@@ -90,6 +91,11 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
     uplift = registry.version_by_alias("uplift", CHAMPION)
     assert uplift.tags["retain.kind"] in ("t_learner", "prior") and uplift.tags["retain.decision_reason"]
     assert "retain.metric.offers" in uplift.tags
+    assert "retain.metric.qini" in uplift.tags  # measured on held-out offers: so is its calibration by decile
+    run_id = uplift.tags["retain.run_id"]
+    logged = {a.path for a in registry.client.list_artifacts(run_id)}
+    logged |= {a.path for a in registry.client.list_artifacts(run_id, "plots")}
+    assert {"uplift_calibration.json", "plots/uplift_calibration.png"} <= logged
     value_model, _ = registry.load("value")
     assert value_model.gamma_gamma.p > 0 and float(registry.version_by_alias("value").tags["retain.mean_value"]) > 0
     frame, meta = read_current(Path(job_config.serving.snapshot_dir))
