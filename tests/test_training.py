@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retain import backtest, promotion
+from retain import backtest, promotion, selection
 from retain.evaluation import ece_noise_bound, evaluate, expected_calibration_error
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.snapshot import read_current
@@ -293,7 +293,10 @@ def test_the_job_says_what_it_cannot_date(tmp_path, config):
 
 
 def test_the_candidates_come_from_the_config(small_shop, config):
+    from retain import config as config_module
     from retain.config import ConfigError, SelectionConfig
+
+    assert config_module.CANDIDATES == selection.CANDIDATES  # the config validates the names selection fits
 
     only_trees = dataclasses.replace(config, selection=SelectionConfig(candidates=["lightgbm"]))
     fitted = backtest.fit_for_cutoff(

@@ -61,21 +61,23 @@ class TrainingConfig:
     seed: int = 7
 
 
+# The model candidates, simplest first (`retain.selection.ANCHOR_OF` says what each is anchored on).
+CANDIDATES = ("lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm")
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     """The candidates a task's model is chosen from, simplest first (see `retain.selection`), and the
     bootstrap rounds of the paired interval within which the simpler one is kept."""
 
-    candidates: list[str] = field(
-        default_factory=lambda: ["lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm"]
-    )
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
     bootstrap_rounds: int = 300
 
     def __post_init__(self):
-        known = ["lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm"]
-        unknown = [name for name in self.candidates if name not in known]
-        if unknown or not self.candidates:
-            raise ConfigError(f"Config key selection.candidates must name some of {known}, got {self.candidates}.")
+        if not self.candidates or not set(self.candidates) <= set(CANDIDATES):
+            raise ConfigError(
+                f"Config key selection.candidates must name some of {list(CANDIDATES)}, got {self.candidates}."
+            )
         if self.bootstrap_rounds < 50:
             raise ConfigError(
                 f"Config key selection.bootstrap_rounds must be at least 50, got {self.bootstrap_rounds}."

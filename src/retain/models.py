@@ -231,7 +231,7 @@ def fit_task_model(
     metadata: dict = {"best_iteration": booster.best_iteration, "anchor": anchor, "num_threads": settings.num_threads}
     if anchor:
         y_cal = y_calibration.to_numpy()
-        x_cal = calibration[names].to_numpy(dtype=np.float64, na_value=np.nan)
+        x_cal = valid_set.get_data()  # the matrix the calibration set was built from (kept: free_raw_data=False)
         with_trees = init_cal + forest.raw_score(booster, x_cal, booster.best_iteration, settings.num_threads)
         anchor_only = sklearn_log_loss(y_cal, special.expit(init_cal), labels=[0, 1])
         metadata["trees"] = (
