@@ -150,6 +150,7 @@ def test_backtest_results_have_the_documented_shape(small_shop, config):
     (result,) = doc["results"]
     assert {"as_of", "task", "horizon_days", "train_horizon_days", "n_members", "positive_rate"} <= set(result)
     assert set(result["models"]) == {
+        "bgnbd_logistic",
         "lightgbm",
         "lightgbm_anchored",
         "lightgbm_anchored_expected",
@@ -329,3 +330,51 @@ def test_candidates_sharing_binned_data_are_the_models_fitted_alone():
         )
         alone = models.fit_task_model("repurchase", 30, train, y_train, cal, y_cal, 7, bgnbd, anchor, settings)
         np.testing.assert_array_equal(with_shared.predict(cal), alone.predict(cal))
+
+
+def test_the_pooled_model_averages_bgnbd_and_an_rfm_regression_and_explains_itself():
+    """`bgnbd_logistic`: the mean of BG/NBD's log-odds (from the column that ranks the calibration slice
+    better) and an RFM logistic regression's — the same regression `fit_rfm_logistic` fits — calibrated
+    at its own horizon and served uncalibrated over a longer one (its anchor says that horizon's odds)."""
+    import pickle
+
+    from scipy import special
+
+    from retain import btyd, models, plots
+
+    rng = np.random.default_rng(1)
+    n = 8000
+    frame = pd.DataFrame(
+        {
+            "recency_days": rng.exponential(60, n),
+            "frequency": rng.poisson(3, n) + 1.0,
+            "monetary_mean": rng.gamma(2.0, 50.0, n),
+        }
+    )
+    truth = 1 / (1 + frame["recency_days"] / 60)
+    frame["bgnbd_expected_purchases"] = truth * 1.5  # ranks as the truth does
+    frame["bgnbd_p_purchase"] = np.clip(truth + rng.normal(0, 0.2, n), 0.01, 0.99)  # a noisy ranking
+    y = pd.Series((rng.random(n) < truth).astype(int))
+    train, cal, y_train, y_cal = frame[:6000], frame[6000:], y[:6000], y[6000:]
+    model = models.fit_pooled_model("repurchase", 30, train, y_train, cal, y_cal, btyd.BGNBD(0.25, 4.0, 0.8, 2.5))
+    assert model.family == "bgnbd_logistic" and model.anchor == "bgnbd_expected_purchases"
+
+    regression = models.fit_rfm_logistic(train, y_train).decision_function(cal[models.RFM_COLUMNS])
+    anchor = models.btyd_anchor(cal["bgnbd_expected_purchases"].to_numpy(), "repurchase", model.anchor)
+    np.testing.assert_allclose(model.raw_score(cal), 0.5 * anchor + 0.5 * regression, rtol=1e-6)
+    calibrated = model.calibrator.predict_proba(model.raw_score(cal).reshape(-1, 1))[:, 1]
+    np.testing.assert_allclose(model.predict(cal), calibrated, rtol=1e-9)
+
+    longer = cal["bgnbd_expected_purchases"].to_numpy() * 3  # the anchor over a longer horizon
+    raw_longer = model.raw_matrix(model.matrix(cal), longer)
+    np.testing.assert_allclose(model.predict(cal, longer), special.expit(raw_longer), rtol=1e-12)
+    assert model.predict(cal, longer).mean() > model.predict(cal).mean()  # a longer horizon, likelier
+
+    # reasons: the terms add up to the log-odds, less one constant for every member
+    explained = model.contributions(cal).sum(axis=1).to_numpy() - model.raw_score(cal)
+    np.testing.assert_allclose(explained, explained[0], atol=1e-9)
+    assert (model.contributions(cal)["bgnbd_p_purchase"] == 0).all()  # not a column the model reads
+
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(cal), model.predict(cal))
+    assert plots.feature_importance(model).axes[0].get_xlabel().startswith("share of the pooled")

@@ -150,7 +150,8 @@ def fit_for_cutoff(
         names = [chosen["selected"]] if only_selected and chosen else list(snapshots.config.selection.candidates)
         data = training_data(snapshots, plan, task)
         params = {**snapshots.config.lightgbm.params(), "seed": snapshots.config.training.seed}
-        shared = models.lightgbm_datasets(*data, params) if len(names) > 1 else None  # binned once
+        with_trees = [name for name in names if name != selection.POOLED]
+        shared = models.lightgbm_datasets(*data, params) if len(with_trees) > 1 else None  # binned once
         candidates = {name: fit_candidate(snapshots, plan, task, name, data, datasets=shared) for name in names}
         x_fit, y_fit, x_cal, _ = data
         rules = models.fit_recency_rule(x_fit, y_fit, task), models.fit_rfm_logistic(x_fit, y_fit)
@@ -179,12 +180,15 @@ def fit_candidate(
     """One candidate of `selection.CANDIDATES` fitted on a plan's data (`training_data`), with the
     configured LightGBM settings unless others are given (a champion trained under other settings);
     `datasets`: that data binned by `models.lightgbm_datasets` with the configured settings."""
+    bgnbd = snapshots.bgnbd(plan.calibration_dates[0])
+    if name == selection.POOLED:
+        return models.fit_pooled_model(task, plan.train_horizon_days, *data, bgnbd)
     return models.fit_task_model(
         task,
         plan.train_horizon_days,
         *data,
         snapshots.config.training.seed,
-        snapshots.bgnbd(plan.calibration_dates[0]),
+        bgnbd,
         selection.ANCHOR_OF[name],
         settings or snapshots.config.lightgbm,
         datasets if settings is None else None,

@@ -62,7 +62,7 @@ class TrainingConfig:
 
 
 # The model candidates, simplest first (`retain.selection.ANCHOR_OF` says what each is anchored on).
-CANDIDATES = ("lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm")
+CANDIDATES = ("bgnbd_logistic", "lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm")
 
 
 @dataclass(frozen=True)

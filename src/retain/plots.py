@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from retain.evaluation import probability_bins, qini_coefficient, qini_curve  # noqa: E402
-from retain.models import TaskModel  # noqa: E402
+from retain.models import POOL_WEIGHT, TaskModel  # noqa: E402
 
 BINS = 10
 
@@ -64,11 +64,18 @@ def gain(y: np.ndarray, scores: dict[str, np.ndarray], title: str) -> plt.Figure
 
 
 def feature_importance(model: TaskModel, top: int = 20) -> plt.Figure:
-    gains = pd.Series(model.booster.feature_importance("gain"), index=model.feature_names)
+    """Trees: each feature's share of the total split gain. The pooled model (no trees): each
+    regression coefficient's share (on standardised inputs), beside the BG/NBD column's pooling weight."""
+    if model.booster is None:
+        weights = dict(zip(model.linear["columns"], np.abs(model.linear["coef"]) * (1 - POOL_WEIGHT)))
+        gains, label = pd.Series({**weights, model.anchor: POOL_WEIGHT}), "share of the pooled log-odds' weight"
+    else:
+        gains = pd.Series(model.booster.feature_importance("gain"), index=model.feature_names)
+        label = "share of total gain"
     gains = gains.sort_values().tail(top)
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(gains) + 1.2))
     ax.barh(gains.index, gains.to_numpy() / gains.sum())
-    ax.set(xlabel="share of total gain", title=f"feature importance — {model.task}")
+    ax.set(xlabel=label, title=f"feature importance — {model.task}")
     fig.tight_layout()
     return fig
 

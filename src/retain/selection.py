@@ -1,10 +1,11 @@
 """Choosing the model a shop is served: the candidate with the lowest log loss on a backtest before the
 cutoff, unless a simpler candidate is within the paired-bootstrap interval of it.
 
-Candidates, simplest first: `lightgbm_anchored` and `lightgbm_anchored_expected` (trees correcting BG/NBD's
-log-odds, read from P(any purchase) or from E[X]; with no tree kept the model is calibrated BG/NBD) and
-`lightgbm` (trees on every feature, BG/NBD's among them). Log loss, because it
-is a proper score: it rewards the probabilities a retention team reads, not only the ranking.
+Candidates, simplest first: `bgnbd_logistic` (BG/NBD pooled with an RFM logistic regression, no trees),
+`lightgbm_anchored` and `lightgbm_anchored_expected` (trees correcting BG/NBD's log-odds, read from
+P(any purchase) or from E[X]; with no tree kept the model is calibrated BG/NBD) and `lightgbm` (trees on
+every feature, BG/NBD's among them). Log loss, because it is a proper score: it rewards the
+probabilities a retention team reads, not only the ranking.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import log_loss
 
-# Simplest first; each with the BG/NBD column its trees start from (models.ANCHORS), or None. Which of
-# them a shop considers is `selection.candidates` in retain.toml; without history enough to select on,
-# the first (simplest) is served: trust BG/NBD and let trees correct it.
+POOLED = "bgnbd_logistic"  # models.fit_pooled_model: it picks its BG/NBD column itself
+# The tree candidates, each with the BG/NBD column its trees start from (models.ANCHORS), or None.
 ANCHOR_OF = {
     "lightgbm_anchored": "bgnbd_p_purchase",
     "lightgbm_anchored_expected": "bgnbd_expected_purchases",
     "lightgbm": None,
 }
-CANDIDATES = tuple(ANCHOR_OF)
+# Simplest first. Which of them a shop considers is `selection.candidates` in retain.toml; without
+# history enough to select on, the first (simplest) of those is served: two smooth models that cannot
+# overfit a young log.
+CANDIDATES = (POOLED, *ANCHOR_OF)
 EPSILON = 1e-6
 
 
