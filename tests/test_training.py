@@ -153,7 +153,6 @@ def test_backtest_results_have_the_documented_shape(small_shop, config):
         "bgnbd_logistic",
         "lightgbm",
         "lightgbm_anchored",
-        "lightgbm_anchored_expected",
         "bgnbd",
         "bgnbd_expected",
         "recency",

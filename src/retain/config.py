@@ -61,8 +61,11 @@ class TrainingConfig:
     seed: int = 7
 
 
-# The model candidates, simplest first (`retain.selection.ANCHOR_OF` says what each is anchored on).
+# The model candidates, simplest first (`retain.selection` says what each is). By default a shop
+# considers three: `lightgbm_anchored_expected` was never the one served where it was measured (the
+# demo shop, a BG/NBD-generated shop, CDNOW) and costs a quarter of the training time.
 CANDIDATES = ("bgnbd_logistic", "lightgbm_anchored", "lightgbm_anchored_expected", "lightgbm")
+DEFAULT_CANDIDATES = ("bgnbd_logistic", "lightgbm_anchored", "lightgbm")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class SelectionConfig:
     """The candidates a task's model is chosen from, simplest first (see `retain.selection`), and the
     bootstrap rounds of the paired interval within which the simpler one is kept."""
 
-    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
+    candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     bootstrap_rounds: int = 300
 
     def __post_init__(self):
