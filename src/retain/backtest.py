@@ -210,7 +210,7 @@ def select_before(snapshots: Snapshots, plan: SnapshotPlan, task: str) -> dict:
         return selection.default(candidates, f"one label only on {earlier.date()}")
     if fitted.plan.shortened:  # the candidates expect BTYD features at the horizon they trained on
         x = snapshots.features(earlier, fitted.plan.train_horizon_days).reindex(y.index)
-    scores = {name: model.predict(x) for name, model in fitted.candidates.items()}
+    scores = {name: fitted.candidates[name].predict(x) for name in selection.simplest_first(fitted.candidates)}
     rounds = snapshots.config.selection.bootstrap_rounds
     return selection.choose(y.to_numpy(), scores, earlier.date().isoformat(), rounds)
 

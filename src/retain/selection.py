@@ -33,6 +33,12 @@ def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
+def simplest_first(candidates: dict) -> list[str]:
+    """The names of fitted candidates (name -> TaskModel, in configured order), simplest first: an anchored
+    candidate that kept no tree is BG/NBD itself, simpler than any other, so it moves to the front."""
+    return sorted(candidates, key=lambda name: candidates[name].family != "bgnbd")
+
+
 def log_loss_gap(y: np.ndarray, simpler: np.ndarray, better: np.ndarray, rounds: int = 300, seed: int = 0) -> dict:
     """Log loss of `simpler` minus that of `better` on the same members, with a 95% paired bootstrap."""
     gap = row_log_loss(y, simpler) - row_log_loss(y, better)
