@@ -307,3 +307,12 @@ def test_a_control_stays_a_control_for_a_response_window(config):
             assert (later != decisions.CONTACT).all(), (member, day)
             held += 1
     assert held > 0 and (status == decisions.CONTACT).any(axis=1).mean() > 0.9
+
+
+def test_a_reason_shows_its_value_as_an_agent_reads_it():
+    from retain import reason_text
+
+    shown = [reason_text.shown_value(v) for v in (2.049e-16, 0.0025, 3.14159, 12345.6, float("nan"))]
+    assert shown == ["0", "0.0025", "3.142", "12,346", "—"]
+    sentence = reason_text.describe("bgnbd_expected_purchases", 2.049e-16, "raises", "en", {})
+    assert "e-16" not in sentence and sentence.endswith("= 0 (raises churn risk)"), sentence

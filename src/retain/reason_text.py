@@ -79,5 +79,16 @@ def label(feature: str, language: str, categories: dict[str, str]) -> str:
 def describe(feature: str, value: float, direction: str, language: str, categories: dict[str, str]) -> str:
     """One reason as a sentence a CRM agent reads: 'label = value (direction)'."""
     k = LANGUAGES.index(language) if language in LANGUAGES else 0
-    shown = "—" if value is None or np.isnan(value) else f"{value:.4g}"
-    return f"{label(feature, language, categories)} = {shown} ({DIRECTIONS.get(direction, (direction,) * 2)[k]})"
+    direction_text = DIRECTIONS.get(direction, (direction,) * 2)[k]
+    return f"{label(feature, language, categories)} = {shown_value(value)} ({direction_text})"
+
+
+def shown_value(value: float | None) -> str:
+    """A value as an agent reads it, never in exponent notation: 0 below 0.0005 (BG/NBD's expected
+    purchases of a long-lapsed member is 2e-16), four significant digits below 1,000, whole numbers
+    with thousands separators above."""
+    if value is None or np.isnan(value):
+        return "—"
+    if abs(value) < 0.0005:
+        return "0"
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
