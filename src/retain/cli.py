@@ -282,6 +282,47 @@ def export(
 
 
 @app.command()
+def readout(
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only campaigns sent on or after this day, YYYY-MM-DD.")] = None,
+    days: Annotated[
+        int | None, typer.Option(min=1, help="Days after sending to count orders in (default: winback.response_days).")
+    ] = None,
+    exports: Annotated[
+        Path | None, typer.Option(help="Export folder whose lists give each offer's predicted value (e.g. exports).")
+    ] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the readout as JSON here.")] = Path(
+        "exports/readout.json"
+    ),
+    config: ConfigOption = None,
+) -> None:
+    """Did the campaign work? Contacted against control for every campaign whose response window closed.
+
+    Example: retain readout --data data/demo --since 2025-06-01 --exports exports
+    """
+    import json
+
+    from retain import readout as campaign_readout
+    from retain.dataset import open_dataset
+
+    cfg = settings(config)
+    dataset = open_dataset(data or Path(cfg.data.dataset))
+    start = parse_date(since, "--since") if since else None
+    predicted = campaign_readout.predicted_values(exports) if exports else None
+    window = days or cfg.winback.response_days
+    outcomes = campaign_readout.offer_outcomes(dataset, window, start)
+    campaigns = campaign_readout.readout(outcomes, cfg, window, predicted)
+    if not campaigns:
+        console.print("no campaign with a closed response window in the offers table: nothing to read out")
+    else:
+        Console(width=200).print(campaign_readout.table(campaigns, dataset.metadata.get("currency", "")))
+    doc = {"dataset": str(dataset.path), "currency": dataset.metadata.get("currency"), "campaigns": campaigns}
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    console.print(f"wrote {json_out}")
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: serving.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,

@@ -295,9 +295,7 @@ def fit_pooled_model(
             f"The {task} labels have a single class in a training slice; the shop's history is too short."
         )
     y_cal = y_calibration.to_numpy()
-    anchor = max(
-        ANCHORS, key=lambda col: roc_auc_score(y_cal, btyd_anchor(calibration[col].to_numpy(), task, col))
-    )
+    anchor = max(ANCHORS, key=lambda col: roc_auc_score(y_cal, btyd_anchor(calibration[col].to_numpy(), task, col)))
     x_fit = np.log1p(train[RFM_COLUMNS].clip(lower=0).to_numpy(dtype=np.float64))
     mean, scale = x_fit.mean(axis=0), x_fit.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)

@@ -67,7 +67,7 @@ def feature_importance(model: TaskModel, top: int = 20) -> plt.Figure:
     """Trees: each feature's share of the total split gain. The pooled model (no trees): each
     regression coefficient's share (on standardised inputs), beside the BG/NBD column's pooling weight."""
     if model.booster is None:
-        weights = dict(zip(model.linear["columns"], np.abs(model.linear["coef"]) * (1 - POOL_WEIGHT)))
+        weights = dict(zip(model.linear["columns"], np.abs(model.linear["coef"]) * (1 - POOL_WEIGHT), strict=True))
         gains, label = pd.Series({**weights, model.anchor: POOL_WEIGHT}), "share of the pooled log-odds' weight"
     else:
         gains = pd.Series(model.booster.feature_importance("gain"), index=model.feature_names)

@@ -21,6 +21,7 @@ def oracle_probabilities(
     horizon_days: int,
     process: proc.ShopProcess = proc.PROCESS,
     coupon_value: float | None = None,
+    stages: pd.Series | None = None,
 ) -> pd.DataFrame:
     """True P(churn) and P(repurchase) in [as_of, as_of + horizon_days) for every member joined before as_of.
 
@@ -35,6 +36,8 @@ def oracle_probabilities(
 
     The stage at `as_of` comes from `disengaged_day` and `died_day`, the last of each; a member won back
     by a coupon after `as_of` shows as active before it (rare: the latest figures are exact at the end).
+    `stages` (1 active, 2 disengaging, 3 dead, by member_id) gives it instead where known: the stage of
+    an offer's members on the day after it was sent (`offer_stage`).
     """
     start = pd.Timestamp(truth["sim_start"].iloc[0])
     a = (pd.Timestamp(as_of) - start).days
@@ -53,6 +56,10 @@ def oracle_probabilities(
     disengaged, died = t["disengaged_day"].to_numpy(), t["died_day"].to_numpy()
     dead = (died >= 0) & (died <= a)
     disengaging = ~dead & (disengaged >= 0) & (disengaged <= a)
+    if stages is not None:
+        known = stages.reindex(t[c.MEMBER_ID].astype(str)).to_numpy(dtype=float)
+        dead = np.where(np.isnan(known), dead, known == 3)
+        disengaging = np.where(np.isnan(known), disengaging, known == 2)
     q_active = (~dead & ~disengaging).astype(float)  # P(stage and no paid order so far)
     q_disengaging = disengaging.astype(float)
     q_dead = dead.astype(float)
@@ -119,3 +126,15 @@ def _coupon_in_force(t: pd.DataFrame, a: int, process: proc.ShopProcess) -> tupl
             until[i] = days[sent[-1]] + process.coupon_days
             mult[i] = np.asarray(mults)[sent[-1]]
     return until, mult
+
+
+def offer_stage(truth: pd.DataFrame, sent_day: pd.Timestamp) -> pd.Series:
+    """Each member offered something on `sent_day`, with the stage the offer found them in (1 active,
+    2 disengaging, 3 dead), by member_id; for `oracle_probabilities(..., stages=)` on the day after."""
+    s = (pd.Timestamp(sent_day).normalize() - pd.Timestamp(truth["sim_start"].iloc[0])).days
+    stage = {}
+    for member, days, stages in zip(truth[c.MEMBER_ID], truth["offer_days"], truth["offer_stages"], strict=True):
+        hit = np.flatnonzero(np.asarray(days) == s)
+        if len(hit):
+            stage[str(member)] = int(np.asarray(stages)[hit[-1]])
+    return pd.Series(stage, dtype=float, name="stage")

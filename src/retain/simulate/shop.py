@@ -156,6 +156,7 @@ class History:
     offer_day: list
     offer_value: list
     offer_treated: list
+    offer_stage: list  # each offered member's stage when the offer was sent: 1 active, 2 disengaging, 3 dead
     renewal_member: list
     renewal_day: list
     disengaged_day: np.ndarray
@@ -168,7 +169,7 @@ def run_days(rng: np.random.Generator, m: Members, calendar: pd.DatetimeIndex, p
     season_regular, season_promo = proc.season(calendar)
     hazard = proc.cycle_hazard_table(p, max_days=days + 60)
     joined_order = np.argsort(m.join_day, kind="stable")
-    h = History(*([] for _ in range(11)), disengaged_day=np.full(n, -1), died_day=np.full(n, -1))
+    h = History(*([] for _ in range(12)), disengaged_day=np.full(n, -1), died_day=np.full(n, -1))
     state = np.zeros(n, dtype=np.int8)  # 1 active, 2 disengaging, 3 dead
     last_renewal = m.first_renewal.copy()
     last_order = np.full(n, -10_000)
@@ -225,7 +226,7 @@ def run_days(rng: np.random.Generator, m: Members, calendar: pd.DatetimeIndex, p
         h.died_day[live[dies]] = d + 1
         live = live[~dies]
         if d % p.campaign_every_days == p.campaign_every_days - 1:
-            _campaign(rng, h, m, p, d, joined_order[:joined], last_order, last_offer, coupon_until, coupon_mult)
+            _campaign(rng, h, m, p, d, joined_order[:joined], last_order, last_offer, coupon_until, coupon_mult, state)
     return h
 
 
@@ -235,7 +236,7 @@ def _append(h: History, members: np.ndarray, day: int, kind: int) -> None:
     h.order_kind.append(np.full(len(members), kind, dtype=np.int8))
 
 
-def _campaign(rng, h, m, p, d, joined, last_order, last_offer, coupon_until, coupon_mult) -> None:
+def _campaign(rng, h, m, p, d, joined, last_order, last_offer, coupon_until, coupon_mult, state) -> None:
     """Send win-back coupons to a random share of lapsed members, holding out a control group."""
     lapsed = joined[(d - last_order[joined] >= p.campaign_min_recency_days) & (d - last_offer[joined] >= 60)]
     chosen = lapsed[rng.random(len(lapsed)) < p.campaign_share]
@@ -249,6 +250,7 @@ def _campaign(rng, h, m, p, d, joined, last_order, last_offer, coupon_until, cou
     h.offer_day.append(np.full(len(chosen), d, dtype=np.int32))
     h.offer_value.append(value)
     h.offer_treated.append(treated)
+    h.offer_stage.append(state[chosen].copy())  # after the day's stage changes: the stage from d + 1 on
 
 
 def ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:

@@ -242,6 +242,9 @@ def _truth(m: Members, h: History, member_ids: pa.Array, start: pd.Timestamp) ->
     offer_day = np.concatenate(h.offer_day) if h.offer_day else np.empty(0, np.int32)
     offer_value = np.concatenate(h.offer_value) if h.offer_value else np.empty(0)
     offer_treated = np.concatenate(h.offer_treated) if h.offer_treated else np.empty(0, bool)
+    offer_stage = np.concatenate(h.offer_stage) if h.offer_stage else np.empty(0, np.int8)
+    a_order = np.lexsort((offer_day, offer_member))  # every offer, both arms: the stage it was sent in
+    a_offsets = np.concatenate([[0], np.cumsum(np.bincount(offer_member[a_order], minlength=n))])
     keep = offer_treated
     o_order = np.lexsort((offer_day[keep], offer_member[keep]))
     o_member = offer_member[keep][o_order]
@@ -272,6 +275,15 @@ def _truth(m: Members, h: History, member_ids: pa.Array, start: pd.Timestamp) ->
             ),
             "treated_offer_multipliers": pa.ListArray.from_arrays(
                 pa.array(o_offsets.astype(np.int32)), pa.array(o_mult)
+            ),
+            # Every offer (contacted or held out) and the member's stage when it was sent (1 active,
+            # 2 disengaging, 3 dead): disengaged_day keeps only the last disengagement, which a win-back
+            # undoes, so a campaign's truth needs the stage of its own day.
+            "offer_days": pa.ListArray.from_arrays(
+                pa.array(a_offsets.astype(np.int32)), pa.array(offer_day[a_order].astype(np.int32))
+            ),
+            "offer_stages": pa.ListArray.from_arrays(
+                pa.array(a_offsets.astype(np.int32)), pa.array(offer_stage[a_order].astype(np.int8))
             ),
         }
     )
