@@ -71,3 +71,21 @@ def test_the_bgnbd_process_writes_a_plain_order_log(tmp_path):
     assert meta["simulator"]["params"] == {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
     repeat = orders.groupby(c.MEMBER_ID).size() - 1
     assert 0.5 < repeat.mean() < 3 and np.isfinite(orders[c.AMOUNT]).all()
+
+
+def test_each_offer_records_the_stage_it_found_the_member_in(small_shop):
+    """A campaign's truth starts from the stage its members were in when it was sent (the truth file's
+    disengaged_day keeps only the last disengagement, which a win-back undoes)."""
+    from retain.simulate.oracle import offer_stage
+
+    truth = pd.read_parquet(small_shop.path / "truth.parquet")
+    offers = small_shop.read("offers")
+    day = offers["sent_at"].dt.normalize().max()
+    stage = offer_stage(truth, day)
+    assert set(stage.index) == set(offers.loc[offers["sent_at"].dt.normalize() == day, c.MEMBER_ID])
+    assert set(stage.unique()) <= {1, 2, 3} and (stage == 3).any() and (stage == 1).any()
+    started = oracle_probabilities(truth, day + pd.Timedelta(days=1), 30, stages=stage)
+    dead = stage.index[stage == 3]
+    assert (started.loc[dead, "expected_orders"] == 0).all() and (started.loc[dead, "p_churn"] == 1).all()
+    alive = stage.index[stage == 1]
+    assert (started.loc[alive, "expected_orders"] > 0).all()
