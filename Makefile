@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bench bench-serve bench-policy bench-export bench-engine
+.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bench bench-serve bench-policy bench-readout bench-export bench-engine
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ bench-serve: setup ## Serving speed against a bare BentoML endpoint, real server
 
 bench-policy: setup ## The decision policy against three simple rules on the simulator's true profit (after make demo)
 	$(PY) bench/bench_policy.py --data $(DATA)
+
+bench-readout: setup ## The campaign readout's intervals against the simulator's true incremental margin (after make demo)
+	$(PY) bench/bench_readout.py --data $(DATA)
 
 bench-export: setup ## The daily export of 1,000,000 members: time and memory (after make demo)
 	$(PY) bench/bench_export.py

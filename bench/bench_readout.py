@@ -67,6 +67,8 @@ def main() -> int:
     config = load_config()
     dataset = open_dataset(args.data)
     truth = pd.read_parquet(dataset.path / "truth.parquet")
+    if "offer_stages" not in truth.columns:
+        raise SystemExit(f"{args.data} was simulated before offers recorded their stage; run `make simulate` again.")
     orders = dataset.read("orders", ["member_id", "amount", "status"])
     amount = orders[orders["status"] != "refunded"].groupby("member_id")["amount"].mean()
     offers = dataset.read("offers", ["offer_id", "member_id", "sent_at", "treated", "value"])

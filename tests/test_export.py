@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from retain import decisions, export, files, snapshot
+from retain import decisions, export, files, readout, snapshot
 from retain.dataset import write_dataset
 from retain.errors import RetainError
 from retain.registry import Registry
@@ -51,6 +51,7 @@ def test_the_export_writes_the_list_controls_scores_summary_and_report(exported,
         "scores.parquet",
         "summary.json",
         "report.html",
+        "readout.json",
         "MANIFEST.json",
     }
     at_risk = pd.read_parquet(folder / "at_risk.parquet")
@@ -79,7 +80,14 @@ def test_the_export_writes_the_list_controls_scores_summary_and_report(exported,
     assert summary["budget_used"] == pytest.approx(at_risk["cost"].sum(), abs=0.01)
     assert sum(summary["counts_by_action"].values()) == len(at_risk)
     html = (folder / "report.html").read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64,") == 5 and "http" not in html.replace("http-equiv", "")
+    assert html.count("data:image/png;base64,") == 6 and "http" not in html.replace("http-equiv", "")
+    # the readout of the campaigns whose window closed by the export's day, as `retain readout` gives it
+    campaigns = json.loads((folder / "readout.json").read_text())["campaigns"]
+    days = config.winback.response_days
+    assert campaigns and "Did past campaigns work?" in html
+    assert all(pd.Timestamp(c["sent_day"]) + pd.Timedelta(days=days) <= pd.Timestamp(DAY) for c in campaigns)
+    same = readout.readout(readout.offer_outcomes(small_shop, days, until=pd.Timestamp(DAY)), config, days)
+    assert [c["sent_day"] for c in campaigns] == [c["sent_day"] for c in same]
 
 
 def test_the_control_group_is_recorded_and_never_on_the_list(exported):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from retain import contact, decisions, files, report, snapshot
+from retain import contact, decisions, files, readout, report, snapshot
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.engine import LocalEngine
@@ -156,12 +156,17 @@ def run(
         reasons = scorer.reasons(features[listed], day)
         tables = build_tables(scored, reasons, scorer.versions, day)
         summary = summarize(tables, scored, dataset, config, scorer, day)
+        step("reading out the past campaigns")
+        days = config.winback.response_days
+        outcomes = readout.offer_outcomes(dataset, days, until=day)
+        campaigns = readout.readout(outcomes, config, days, readout.predicted_values(out))
 
         step("writing the files")
         temp = out / f".{final.name}.tmp-{files.unique_suffix()}"
         temp.mkdir()
         try:
-            write_files(temp, tables, summary, report.html(tables, scored, summary, scorer, config), csv=csv)
+            page = report.html(tables, scored, summary, scorer, config, campaigns)
+            write_files(temp, tables, summary, page, campaigns, csv=csv)
             files.restrict(temp, mode)
             files.fsync_tree(temp)
             status = commit(temp, final, force)
@@ -226,7 +231,7 @@ def counts(values: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in sorted(values.value_counts().items())}
 
 
-def write_files(folder: Path, tables: dict, summary: dict, html: str, csv: bool = True) -> None:
+def write_files(folder: Path, tables: dict, summary: dict, html: str, campaigns: list[dict], csv: bool = True) -> None:
     tables["at_risk"].to_parquet(folder / "at_risk.parquet", index=False)
     if csv:  # UTF-8 with a byte-order mark, so that Excel opens the Chinese names correctly; CRLF line
         # ends (RFC 4180), which also makes the writer quote a cell holding a carriage return or a newline
@@ -237,6 +242,8 @@ def write_files(folder: Path, tables: dict, summary: dict, html: str, csv: bool 
     tables["scores"].to_parquet(folder / "scores.parquet", index=False)
     (folder / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (folder / "report.html").write_text(html, encoding="utf-8")
+    readout_doc = {"as_of": summary["as_of"], "currency": summary["currency"], "campaigns": campaigns}
+    (folder / "readout.json").write_text(json.dumps(readout_doc, indent=2) + "\n", encoding="utf-8")
     digests = {path.name: sha256(path) for path in sorted(folder.iterdir())}
     (folder / MANIFEST).write_text(json.dumps(digests, indent=2) + "\n", encoding="utf-8")
 

@@ -39,15 +39,19 @@ MIN_GROUP = 30
 TOO_FEW = f"fewer than {MIN_GROUP} members in a group, no estimate"
 
 
-def offer_outcomes(dataset: Dataset, days: int, since: pd.Timestamp | None = None) -> pd.DataFrame:
-    """One row per offer sent on or after `since` whose window of `days` closed by the end of the data:
-    offer_id, member_id, offer_type, sent_day, treated, orders and amount (paid orders in the window),
-    discount (the coupon's value when redeemed in the window, else 0)."""
+def offer_outcomes(
+    dataset: Dataset, days: int, since: pd.Timestamp | None = None, until: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """One row per offer sent on or after `since` whose window of `days` closed by `until` (default: the
+    end of the data; an export of an earlier day reads out only what was known on that day): offer_id,
+    member_id, offer_type, sent_day, treated, orders and amount (paid orders in the window), discount (the
+    coupon's value when redeemed in the window, else 0)."""
     columns = [c.OFFER_ID, c.MEMBER_ID, c.OFFER_TYPE, "sent_day", c.TREATED, "orders", "amount", "discount"]
     if not dataset.has("offers"):
         return pd.DataFrame(columns=columns)
     days = int(days)
     since = pd.Timestamp(since) if since is not None else pd.Timestamp("1900-01-01")
+    until = pd.Timestamp(until) if until is not None else dataset.observed_until
     with dataset_connection(dataset) as (con, _):
         has_value = "value" in {row[0] for row in con.execute("DESCRIBE offers").fetchall()}
         has_redeemed = "redeemed_at" in {row[0] for row in con.execute("DESCRIBE offers").fetchall()}
@@ -70,7 +74,7 @@ def offer_outcomes(dataset: Dataset, days: int, since: pd.Timestamp | None = Non
             GROUP BY ALL
             ORDER BY sent_day, s.offer_type, s.offer_id
             """,
-            [since.to_pydatetime(), dataset.observed_until.to_pydatetime()],
+            [since.to_pydatetime(), until.to_pydatetime()],
         ).df()[columns]
 
 

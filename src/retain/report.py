@@ -105,7 +105,61 @@ def calibration(tags: dict[str, dict[str, str]]) -> plt.Figure:
     return fig
 
 
-def html(tables: dict, scored: pd.DataFrame, summary: dict, scorer, config: Config) -> str:
+def campaign_readout(campaigns: list[dict], currency: str) -> plt.Figure:
+    """Each past campaign's incremental margin with its 95% interval, and its net profit after the
+    discounts and send costs (`retain.readout`); campaigns without an estimate are left out."""
+    read = [entry for entry in campaigns if entry["incremental_margin"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if not read:
+        ax.text(0.5, 0.5, "no past campaign with a control group to read out", ha="center")
+        ax.set_axis_off()
+        return fig
+    x = np.arange(len(read))
+    margin = np.array([entry["incremental_margin"] for entry in read])
+    low = margin - np.array([entry["ci_low"] for entry in read])
+    high = np.array([entry["ci_high"] for entry in read]) - margin
+    ax.errorbar(x, margin, yerr=[low, high], fmt="o", color="#4c72b0", capsize=3, label="incremental margin (95%)")
+    ax.plot(x, [entry["net_profit"] for entry in read], "s", color="#c44e52", label="net profit after costs")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(x, [entry["sent_day"][2:] for entry in read], rotation=60, fontsize=7)
+    window = read[0]["window_days"]
+    ax.set(ylabel=currency, title=f"Did past campaigns work? Contacted minus held out, {window} days after sending")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def readout_rows(campaigns: list[dict], currency: str, latest: int = 6) -> str:
+    """The latest campaigns as an HTML table, in words a CRM lead reads."""
+    if not campaigns:
+        return "<p>No past campaign with a closed response window in the offers table.</p>"
+    rows = []
+    for entry in campaigns[-latest:]:
+        if entry["incremental_margin"] is None:
+            verdict = entry["note"]
+        else:
+            low, high = entry["ci_low"], entry["ci_high"]
+            verdict = "worked" if low > 0 else ("lost margin" if high < 0 else "no clear effect")
+            verdict += f": {entry['incremental_margin']:,.0f} {currency} ({low:,.0f} to {high:,.0f})"
+        net = "—" if entry["net_profit"] is None else f"{entry['net_profit']:,.0f}"
+        predicted = "—" if entry["predicted_value"] is None else f"{entry['predicted_value']:,.0f}"
+        cells = (
+            entry["sent_day"],
+            entry["offer_type"],
+            f"{entry['contacted']:,}",
+            f"{entry['control']:,}",
+            verdict,
+            net,
+            predicted,
+        )
+        rows.append("<tr>" + "".join(f"<td>{html_text.escape(str(cell))}</td>" for cell in cells) + "</tr>")
+    head = ("sent", "offer", "contacted", "held out", "incremental margin (95%)", "net profit", "predicted value")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+
+
+def html(
+    tables: dict, scored: pd.DataFrame, summary: dict, scorer, config: Config, campaigns: list[dict] | None = None
+) -> str:
     at_risk = tables["at_risk"]
     currency = summary["currency"]
     facts = [
@@ -137,5 +191,10 @@ img{{margin:8px;vertical-align:top}}</style></head>
 <div>{"".join(png(fig) for fig in pictures)}</div>
 <h2>Top {TOP_ROWS} of the list</h2>
 {top.to_html(index=False, float_format=lambda v: f"{v:,.2f}", border=0)}
+<h2>Did past campaigns work?</h2>
+<p>Members contacted against members held out at random, paid orders in the window after sending
+(<code>retain readout</code>; every campaign in readout.json).</p>
+{png(campaign_readout(campaigns or [], currency))}
+{readout_rows(campaigns or [], currency)}
 </body></html>
 """
