@@ -81,6 +81,7 @@ def test_the_coupon_tier_with_the_highest_expected_value_is_offered(config):
     best = max(ev, key=ev.get)
     assert out.loc["a", "action"] == "winback_coupon" and out.loc["a", "offer_detail"] == best == "满300减50"
     assert out.loc["a", "expected_value"] == pytest.approx(ev[best])
+    assert out.loc["a", "uplift_source"] == "prior"  # a model without history: the list says so
     # For a member worth less, the small coupon is worth more than the large one.
     ev_b = {label: u * 300 - (0.5 + 0.5 * u * v) for (label, v), u in zip(TIERS.items(), UPLIFTS, strict=True)}
     assert out.loc["b", "offer_detail"] == max(ev_b, key=ev_b.get)
@@ -132,6 +133,7 @@ def test_a_regular_replenisher_gets_a_subscription_offer_naming_category_and_cyc
     assert out.loc["a", "action"] == "subscription_offer" and out.loc["a", "offer_detail"] == "母婴 每30天"
     s = config.subscription
     assert out.loc["a", "expected_value"] == pytest.approx(s.uplift * 800.0 * 0.5 - s.send_cost)
+    assert out.loc["a", "uplift_source"] == ""  # no coupon, no coupon uplift
 
 
 def test_no_subscription_offer_to_a_subscriber_or_an_irregular_buyer(config):

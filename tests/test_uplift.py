@@ -9,6 +9,7 @@ import pytest
 from conftest import make_dataset, orders_frame
 
 from retain import uplift
+from retain.config import ConfigError
 from retain.evaluation import qini_coefficient, qini_interval, uplift_calibration
 
 
@@ -71,6 +72,25 @@ def test_the_t_learner_finds_who_the_coupon_moves_and_that_a_larger_coupon_moves
     assert qini_coefficient(y, t, predicted) > 0.8 * qini_coefficient(y, t, effect)  # near the true ranking
     matrix = x_new[moved].to_numpy()
     assert model.predict_matrix(matrix, 50.0).mean() > model.predict_matrix(matrix, 10.0).mean() + 0.05
+
+
+def test_outside_past_campaigns_reach_the_uplift_is_the_prior_and_the_list_says_so(config):
+    """Past campaigns reached members lapsed 60 to 300 days; one who bought 5 days ago is outside their
+    range, so the trees' extrapolation is not used for them."""
+    x, offers, _ = synthetic_offers(30_000, seed=5)
+    x["recency_days"] = np.random.default_rng(5).uniform(60, 300, len(x))
+    on = dataclasses.replace(config, winback=dataclasses.replace(config.winback, overlap_features=["recency_days"]))
+    model = uplift.fit_uplift(x, offers, on, seed=7)
+    low, high = model.support["recency_days"]
+    assert 60 <= low < 65 and 295 < high <= 300  # the 1st and 99th percentiles
+    members = pd.DataFrame({"x": [0.9, 0.9, 0.9], "noise": [0.5] * 3, "recency_days": [5.0, 120.0, np.nan]})
+    matrix = members[model.feature_names].to_numpy()
+    assert list(model.sources(matrix)) == ["prior", "model", "model"]  # a missing value is not outside
+    uplifts = model.predict_matrix(matrix, 50.0)
+    assert uplifts[0] == config.winback.prior_uplift and uplifts[1] > 0.15  # x > 0.5: the coupon moves them
+    assert list(uplift.prior_model(config, model.feature_names, "none").sources(matrix)) == ["prior"] * 3
+    with pytest.raises(ConfigError, match="overlap_quantile"):
+        dataclasses.replace(config.winback, overlap_quantile=0.5)
 
 
 def test_without_enough_history_the_model_is_the_configured_prior(config):

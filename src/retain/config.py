@@ -167,6 +167,18 @@ class WinbackConfig:
     min_treated: int = 1000
     min_control: int = 200
     holdout_days: int = 90
+    # The overlap rule: a learnt uplift only for members inside the range past campaigns' members had on
+    # these features (between their overlap_quantile and 1 - overlap_quantile); the prior elsewhere.
+    overlap_features: list[str] = field(
+        default_factory=lambda: ["recency_days", "frequency", "tenure_days", "monetary_mean"]
+    )
+    overlap_quantile: float = 0.01
+
+    def __post_init__(self):
+        if not 0 <= self.overlap_quantile < 0.5:
+            raise ConfigError(
+                f"Config key winback.overlap_quantile must be at least 0 and below 0.5, got {self.overlap_quantile}."
+            )
 
 
 @dataclass(frozen=True)

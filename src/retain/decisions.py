@@ -151,7 +151,8 @@ def decide_arrays(
     uplift: uplift_model.UpliftModel,
     config: Config,
 ) -> dict[str, np.ndarray]:
-    """segment, action, offer_detail, expected_value, cost, uplift and value per member (no budget)."""
+    """segment, action, offer_detail, expected_value, cost, uplift, uplift_source and value per member (no
+    budget)."""
     n = len(churn)
     value, worth = (np.nan_to_num(v) for v in value_model.value_and_worth(summary, churn))
     matrix = column.matrix(uplift.feature_names)
@@ -181,6 +182,8 @@ def decide_arrays(
         "expected_value": np.where(action == NONE, 0.0, best),
         "cost": np.where(is_coupon, coupon["cost"], np.where(is_subscription, s.send_cost, 0.0)),
         "coupon_uplift": coupon["uplift"],
+        # where a coupon is the action: `model` (the learnt uplift) or `prior` (outside past campaigns' reach)
+        "uplift_source": np.where(is_coupon, uplift.sources(matrix), ""),
         "value": value,
     }
 

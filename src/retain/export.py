@@ -62,6 +62,7 @@ LIST_COLUMNS = [
     "offer_id",
     "cost",
     "value",
+    "uplift_source",
 ]
 SCORE_COLUMNS = ["churn_risk", "repurchase_prob", "value", "segment", "action", "offer_detail"]
 SCORE_COLUMNS += ["expected_value", "cost", "status"]

@@ -99,7 +99,8 @@ class Scorer:
 
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
-        budget: `segment`, `action`, `offer_detail`, `expected_value`, `cost`, `coupon_uplift`, `value`."""
+        budget: `segment`, `action`, `offer_detail`, `expected_value`, `cost`, `coupon_uplift`, `uplift_source`,
+        `value`."""
         column = decisions.Columns(features)
         summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
         churn = self.churn.predict_matrix(

@@ -6,6 +6,12 @@ sent, the treated arm also seeing the coupon's value when the history holds seve
 
     uplift(member, coupon) = P(buy within winback.response_days | coupon) - P(buy | no coupon)
 
+Only where the history supports it: the model keeps the range past campaigns' members had on a few
+features (`winback.overlap_features`, between the `winback.overlap_quantile` quantiles); a member outside
+it (one who bought last week, where every past campaign reached members lapsed for two months) gets the
+prior, and the list says which (`uplift_source`): trees extrapolate flat, and noise times a large value
+would top the ranking.
+
 It also keeps the share of treated members who bought in the window and redeemed the coupon, which
 `retain.decisions` turns into P(redeem) (members who would buy anyway redeem too: that is the cost
 of discounting them). With too little history (fewer than `winback.min_treated` treated or
@@ -49,10 +55,27 @@ class UpliftModel:
     prior_redeem: float = 0.9  # winback.redeem_rate's default; `prior_model` sets the configured one
     task: str = "uplift"
     metadata: dict = field(default_factory=dict)
+    support: dict[str, list[float]] = field(default_factory=dict)  # feature -> [low, high] of past campaigns
 
     @property
     def kind(self) -> str:
         return "prior" if self.treated is None else "t_learner"
+
+    def supported(self, matrix: np.ndarray) -> np.ndarray:
+        """Per row of `matrix` (the model's feature columns, in order): inside the range of past campaigns
+        on every overlap feature (a missing value counts as inside). All False for the prior."""
+        if self.treated is None:
+            return np.zeros(len(matrix), dtype=bool)
+        inside = np.ones(len(matrix), dtype=bool)
+        # A model registered before the overlap rule has no support: every member is inside, as then.
+        for name, (low, high) in self.__dict__.get("support", {}).items():
+            values = matrix[:, self.feature_names.index(name)]
+            inside &= np.isnan(values) | ((values >= low) & (values <= high))
+        return inside
+
+    def sources(self, matrix: np.ndarray) -> np.ndarray:
+        """`model` where the learnt uplift is used, `prior` where the configured prior is."""
+        return np.where(self.supported(matrix), "model", "prior").astype(object)
 
     def predict_matrix(self, matrix: np.ndarray, coupon_value: float) -> np.ndarray:
         """The uplift per row of `matrix` (the model's feature columns, in order) for one coupon value."""
@@ -63,15 +86,18 @@ class UpliftModel:
         n = len(matrix)
         if self.treated is None:
             return [np.full(n, self.prior_uplift) for _ in coupon_values]
+        inside = self.supported(matrix)
         p_control = special.expit(forest.raw_score(self.control, matrix))
         if not self.uses_value:
-            return [special.expit(forest.raw_score(self.treated, matrix)) - p_control] * len(coupon_values)
+            learnt = special.expit(forest.raw_score(self.treated, matrix)) - p_control
+            return [np.where(inside, learnt, self.prior_uplift)] * len(coupon_values)
         with_value = np.empty((n, matrix.shape[1] + 1))  # one copy; only the value column changes per tier
         with_value[:, :-1] = matrix
         uplifts = []
         for value in coupon_values:
             with_value[:, -1] = value
-            uplifts.append(special.expit(forest.raw_score(self.treated, with_value)) - p_control)
+            learnt = special.expit(forest.raw_score(self.treated, with_value)) - p_control
+            uplifts.append(np.where(inside, learnt, self.prior_uplift))
         return uplifts
 
     def p_redeem(self, p_buy_anyway: np.ndarray, uplift: np.ndarray) -> np.ndarray:
@@ -166,6 +192,12 @@ def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int)
     control_booster = lgb.train(params, lgb.Dataset(matrix[~treated], bought[~treated], feature_name=names), ROUNDS)
     buyers = treated & (bought == 1)
     redeem_share = float(offers["redeemed"].to_numpy()[buyers].mean()) if buyers.any() else w.redeem_rate
+    q = w.overlap_quantile
+    support = {
+        name: [float(v) for v in np.nanquantile(matrix[:, names.index(name)], [q, 1 - q])]
+        for name in w.overlap_features
+        if name in names and not np.isnan(matrix[:, names.index(name)]).all()
+    }
     return UpliftModel(
         names,
         treated_booster,
@@ -175,6 +207,7 @@ def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int)
         prior_uplift=w.prior_uplift,
         prior_redeem=w.redeem_rate,
         metadata={"treated_offers": int(treated.sum()), "control_offers": int((~treated).sum())},
+        support=support,
     )
 
 
