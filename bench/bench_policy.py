@@ -85,7 +85,7 @@ def main() -> int:
     matrix = decisions.Columns(features).matrix(scorer.uplift.feature_names)
     model_cost = {}
     p_buy = decisions.p_buy_in_window(scored["repurchase_prob"].to_numpy(), config)
-    uplifts = scorer.uplift.predict_tiers(matrix, list(tiers.values()))
+    uplifts = scorer.uplift.predict_tiers(matrix, list(tiers.values()), 1.0 - scored["churn_risk"].to_numpy())
     for (label, value), uplift in zip(tiers.items(), uplifts, strict=True):
         model_cost[label] = pd.Series(decisions.coupon_cost(scorer.uplift, p_buy, uplift, value, config), index=members)
 
@@ -152,6 +152,8 @@ def print_expected_value_check(chosen: pd.DataFrame, tier: pd.Series, truth_by_t
     )
     stage = chosen["segment"].str.rsplit("_", n=1).str[0]
     groups = [("the whole list", chosen.index), *((name, rows.index) for name, rows in chosen.groupby(stage))]
+    source = "uplift: " + chosen["uplift_source"].astype(str)  # the learnt uplift, or the prior (overlap rule)
+    groups += [(name, rows.index) for name, rows in chosen.groupby(source)]
     print("predicted expected value against true profit (the same members, the same tiers):")
     for name, rows in groups:
         predicted, actual = chosen.loc[rows, "expected_value"].sum(), true.loc[rows].sum()

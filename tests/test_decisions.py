@@ -33,7 +33,7 @@ class FixedValue:
 class GrowingUplift(UpliftModel):
     """Uplift that rises with the coupon's value, with diminishing returns (0.02, 0.035, 0.045)."""
 
-    def predict_tiers(self, matrix, coupon_values):
+    def predict_tiers(self, matrix, coupon_values, reachable=None):  # a learnt uplift: not scaled
         by_value = dict(zip(TIERS.values(), UPLIFTS, strict=True))
         return [np.full(len(matrix), by_value[value]) for value in coupon_values]
 
@@ -91,9 +91,10 @@ def test_members_who_would_buy_anyway_cost_their_redemption(config):
     cfg = policy(config)
     model = UpliftModel([], prior_uplift=0.05, prior_redeem=0.9)
     irregular = members(cycle_cv_baby=[np.nan, np.nan])
-    out = decide(irregular, [0.8, 0.8], [0.0, 0.95], [400.0, 400.0], model, cfg)
+    out = decide(irregular, [0.8, 0.8], [0.0, 0.95], [4000.0, 4000.0], model, cfg)
     p_buy = decisions.p_buy_in_window(np.array([0.0, 0.95]), cfg)
-    cost = cfg.winback.send_cost + np.clip(p_buy + 0.05, 0, 1) * 0.9 * 10.0
+    uplift = 0.05 * (1 - 0.8)  # the prior, for the 20% chance the member is still there to be moved
+    cost = cfg.winback.send_cost + np.clip(p_buy + uplift, 0, 1) * 0.9 * 10.0
     assert out["cost"].to_numpy() == pytest.approx(cost) and cost[1] > cost[0]
     assert out.loc["a", "expected_value"] > out.loc["b", "expected_value"]
 

@@ -89,6 +89,9 @@ def test_outside_past_campaigns_reach_the_uplift_is_the_prior_and_the_list_says_
     uplifts = model.predict_matrix(matrix, 50.0)
     assert uplifts[0] == config.winback.prior_uplift and uplifts[1] > 0.15  # x > 0.5: the coupon moves them
     assert list(uplift.prior_model(config, model.feature_names, "none").sources(matrix)) == ["prior"] * 3
+    # the prior moves only members still there to be moved (the scorer passes 1 - churn risk)
+    scaled = model.predict_tiers(matrix, [50.0], reachable=np.array([0.2, 0.2, 0.2]))[0]
+    assert scaled[0] == pytest.approx(0.2 * config.winback.prior_uplift) and scaled[1] == uplifts[1]
     with pytest.raises(ConfigError, match="overlap_quantile"):
         dataclasses.replace(config.winback, overlap_quantile=0.5)
 

@@ -119,14 +119,21 @@ def coupon_cost(
 
 
 def coupon_offer(
-    matrix: np.ndarray, worth: np.ndarray, p_buy: np.ndarray, model: uplift_model.UpliftModel, config: Config
+    matrix: np.ndarray,
+    worth: np.ndarray,
+    p_buy: np.ndarray,
+    churn: np.ndarray,
+    model: uplift_model.UpliftModel,
+    config: Config,
 ) -> dict[str, np.ndarray]:
     """The best coupon tier per member: its expected value, cost, uplift and tier index. `p_buy` is each
-    member's P(buy in the coupon's window) without one: those members redeem a coupon they did not need."""
+    member's P(buy in the coupon's window) without one: those members redeem a coupon they did not need.
+    `churn`: the churn risk, which scales the prior uplift where it is used (`UpliftModel.predict_tiers`)."""
     n = len(worth)
     best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
     values = list(config.winback.coupon_tiers.values())
-    for k, (coupon_value, uplift) in enumerate(zip(values, model.predict_tiers(matrix, values), strict=True)):
+    uplifts = model.predict_tiers(matrix, values, reachable=1.0 - np.nan_to_num(churn, nan=1.0))
+    for k, (coupon_value, uplift) in enumerate(zip(values, uplifts, strict=True)):
         cost = coupon_cost(model, p_buy, uplift, coupon_value, config)
         ev = uplift * worth - cost
         better = ev > best["ev"]
@@ -156,7 +163,7 @@ def decide_arrays(
     n = len(churn)
     value, worth = (np.nan_to_num(v) for v in value_model.value_and_worth(summary, churn))
     matrix = column.matrix(uplift.feature_names)
-    coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), uplift, config)
+    coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), churn, uplift, config)
     winback_ev = np.where(churn >= winback_min_churn_risk(config), coupon["ev"], -np.inf)
 
     s = config.subscription

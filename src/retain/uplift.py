@@ -81,23 +81,31 @@ class UpliftModel:
         """The uplift per row of `matrix` (the model's feature columns, in order) for one coupon value."""
         return self.predict_tiers(matrix, [coupon_value])[0]
 
-    def predict_tiers(self, matrix: np.ndarray, coupon_values: list[float]) -> list[np.ndarray]:
-        """The uplift per row for each coupon value (the control arm is predicted once)."""
+    def predict_tiers(
+        self, matrix: np.ndarray, coupon_values: list[float], reachable: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """The uplift per row for each coupon value (the control arm is predicted once).
+
+        `reachable`: per row, the chance the member is still there for a coupon to move (the scorer passes
+        1 - churn risk). The prior is scaled by it: `prior_uplift` is the rise for a member who is still
+        buying, and a coupon moves nobody who has gone (a flat prior sent most coupons to lost members and
+        valued them 30 times their worth; bench/README.md, issue 12)."""
         n = len(matrix)
+        prior = np.full(n, self.prior_uplift) if reachable is None else self.prior_uplift * np.asarray(reachable)
         if self.treated is None:
-            return [np.full(n, self.prior_uplift) for _ in coupon_values]
+            return [prior for _ in coupon_values]
         inside = self.supported(matrix)
         p_control = special.expit(forest.raw_score(self.control, matrix))
         if not self.uses_value:
             learnt = special.expit(forest.raw_score(self.treated, matrix)) - p_control
-            return [np.where(inside, learnt, self.prior_uplift)] * len(coupon_values)
+            return [np.where(inside, learnt, prior)] * len(coupon_values)
         with_value = np.empty((n, matrix.shape[1] + 1))  # one copy; only the value column changes per tier
         with_value[:, :-1] = matrix
         uplifts = []
         for value in coupon_values:
             with_value[:, -1] = value
             learnt = special.expit(forest.raw_score(self.treated, with_value)) - p_control
-            uplifts.append(np.where(inside, learnt, self.prior_uplift))
+            uplifts.append(np.where(inside, learnt, prior))
         return uplifts
 
     def p_redeem(self, p_buy_anyway: np.ndarray, uplift: np.ndarray) -> np.ndarray:
