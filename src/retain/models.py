@@ -296,14 +296,12 @@ def fit_pooled_model(
         )
     y_cal = y_calibration.to_numpy()
     anchor = max(ANCHORS, key=lambda col: roc_auc_score(y_cal, btyd_anchor(calibration[col].to_numpy(), task, col)))
-    x_fit = np.log1p(train[RFM_COLUMNS].clip(lower=0).to_numpy(dtype=np.float64))
-    mean, scale = x_fit.mean(axis=0), x_fit.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    regression = LogisticRegression(max_iter=1000).fit((x_fit - mean) / scale, y_train.to_numpy())
+    pipeline = fit_rfm_logistic(train, y_train)  # the RFM baseline's regression, kept as plain numbers
+    scaler, regression = pipeline.named_steps["standardscaler"], pipeline.named_steps["logisticregression"]
     linear = {
         "columns": list(RFM_COLUMNS),
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
+        "mean": scaler.mean_.tolist(),
+        "scale": scaler.scale_.tolist(),
         "coef": regression.coef_[0].tolist(),
         "intercept": float(regression.intercept_[0]),
     }
@@ -316,7 +314,8 @@ def fit_pooled_model(
 
 
 def linear_terms(linear: dict, matrix: np.ndarray, feature_names: list[str]) -> np.ndarray:
-    """Each column's term in the pooled model's regression (log1p, standardised, times its coefficient)."""
+    """Each column's term in the pooled model's regression (log1p, standardised, times its coefficient,
+    as `fit_rfm_logistic`'s pipeline computes it)."""
     x = matrix[:, [feature_names.index(col) for col in linear["columns"]]]
     z = (np.log1p(np.clip(np.nan_to_num(x, nan=0.0), 0, None)) - linear["mean"]) / linear["scale"]
     return z * np.asarray(linear["coef"])
