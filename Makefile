@@ -22,11 +22,11 @@ export DO_NOT_TRACK := 1
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 
+# Bytecode is compiled once at install: every `retain` process then starts in about half the time (the
+# imports of MLflow, LightGBM and scikit-learn; more where PYTHONDONTWRITEBYTECODE is set, as in CI).
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@test -d $(VENV) || uv venv --quiet --python 3.11 $(VENV)
-	# bytecode compiled once at install: every `retain` process then starts in about half the time (the
-	# imports of MLflow, LightGBM and scikit-learn; more where PYTHONDONTWRITEBYTECODE is set, as in CI)
 	uv pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
 	uv pip install --quiet --python $(PY) --no-deps -e .
 	@touch $@
