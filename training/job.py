@@ -175,12 +175,11 @@ def champion_pipeline(
 def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     """Fit the coupon uplift model on the offers of the last `winback.history_days`, measure it on the
     latest `winback.holdout_days` of offers (fitted on the earlier ones), refit on all, and register it.
-    The T-learner becomes champion when its held-out Qini coefficient is above 0 (it ranks members better
-    than chance; the offers it was fitted on end one response window before the held-out ones, so no
-    outcome overlaps); otherwise, and without enough history, the configured priors do. The Qini's 95%
-    bootstrap interval is logged beside it but does not gate yet: on the demo shop it spans 0 ([-0.013,
-    0.247]), and the flat prior that would replace the T-learner over-values the list five times
-    (bench/README.md, issue 12) — the prior has to get better before the gate can be stricter."""
+    The T-learner becomes champion when its held-out Qini coefficient's 95% bootstrap interval is above 0
+    (`promotion.uplift_earns_its_place`; the offers it was fitted on end one response window before the
+    held-out ones, so no outcome overlaps); otherwise, and without enough history, the configured prior
+    does (scaled per member by 1 - churn risk: on the demo shop it earned as much as the T-learner,
+    bench/README.md, issue 12)."""
     dataset, config = snapshots.dataset, snapshots.config
     w, until = config.winback, dataset.observed_until
     outcomes = uplift_models.offer_outcomes(dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days)
@@ -206,15 +205,19 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
         )
         metrics["held_out_predicted_uplift"] = float(predicted.mean())
     refit = uplift_models.fit_uplift(x, offers, config, seed)
-    qini, low, high = (metrics.get(key, float("nan")) for key in ("qini", "qini_ci_low", "qini_ci_high"))
-    interval = f"{qini:.4f} [{low:.4f}, {high:.4f}]"
+    measured = (
+        {"qini": metrics["qini"], "ci_low": metrics["qini_ci_low"], "ci_high": metrics["qini_ci_high"]}
+        if "qini" in metrics
+        else None
+    )
+    earns, why = promotion.uplift_earns_its_place(measured)
     if refit.kind == "prior":
         model, reason = refit, f"priors: {refit.metadata['prior_reason']}"
-    elif qini > 0:  # not yet `low > 0`: see the docstring
-        model, reason = refit, f"T-learner: held-out Qini {interval} (95% interval) > 0"
+    elif earns:
+        model, reason = refit, f"T-learner: {why}"
     else:
-        model = uplift_models.prior_model(config, names, f"the T-learner's held-out Qini was {interval}")
-        reason = f"priors: the T-learner's held-out Qini {interval} is not above 0"
+        model = uplift_models.prior_model(config, names, f"the T-learner's {why}")
+        reason = f"priors: the T-learner's {why}"
     with registry.run("uplift", run_name=f"uplift-{until.date()}") as run_id:
         registry.log_params(
             {
