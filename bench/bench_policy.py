@@ -129,7 +129,8 @@ def main() -> int:
 
     # How well the uplift model ranks the true coupon effect (the tier most sent).
     top_label = policy_tier.value_counts().index[0] if len(policy_tier) else labels[0]
-    predicted = scorer.uplift.predict_matrix(matrix, tiers[top_label])
+    reachable = 1.0 - scored["churn_risk"].to_numpy()  # as the scorer passes it (the prior is scaled by it)
+    predicted = scorer.uplift.predict_tiers(matrix, [tiers[top_label]], reachable)[0]
     true_uplift = truth_by_tier[top_label]["true_uplift"].to_numpy()
     rho = stats.spearmanr(predicted, true_uplift).statistic
     print(f"uplift model ({scorer.uplift.kind}): Spearman with the true uplift at {top_label}: {rho:.3f}")
