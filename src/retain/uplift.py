@@ -15,8 +15,9 @@ would top the ranking.
 It also keeps the share of treated members who bought in the window and redeemed the coupon, which
 `retain.decisions` turns into P(redeem) (members who would buy anyway redeem too: that is the cost
 of discounting them). With too little history (fewer than `winback.min_treated` treated or
-`winback.min_control` control offers) the model is the configured prior: `winback.prior_uplift` and
-`winback.redeem_rate` for everyone.
+`winback.min_control` control offers) the model is the configured prior: `winback.prior_uplift`, scaled
+per member by the chance the member is still there to be moved (1 - churn risk; see `predict_tiers`), and
+`winback.redeem_rate`.
 """
 
 from __future__ import annotations
