@@ -68,8 +68,27 @@ def test_gamma_gamma_shrinks_spend_towards_the_population():
     rng = np.random.default_rng(0)
     x = rng.integers(1, 10, 2000).astype(float)
     m = rng.gamma(6, 5, 2000)
-    fitted = btyd.fit_gamma_gamma(pd.DataFrame({"x": x, "monetary_mean": m}))
+    fitted = btyd.fit_gamma_gamma(pd.DataFrame({"x": x, "spend_per_day": m}))
     spend = fitted.expected_spend(np.array([0.0, 1.0, 50.0]), np.array([100.0, 100.0, 100.0]))
     population = fitted.p * fitted.gamma / (fitted.q - 1)
     assert spend[0] == pytest.approx(population)
     assert population < spend[1] < spend[2] < 100.0
+
+
+def test_spend_is_counted_per_purchase_day_the_unit_bgnbd_counts():
+    """Two members who bought on the same 12 days for 100 an order, one with two orders on each of those
+    days: BG/NBD counts 12 purchase days for both, so the second spends 200 per counted purchase."""
+    summary = btyd.summary_arrays(
+        np.array([12.0, 12.0]), np.array([360.0, 360.0]), np.array([20.0, 20.0]), np.array([1200.0, 2400.0])
+    )
+    np.testing.assert_allclose(summary["spend_per_day"], [100.0, 200.0])
+    np.testing.assert_allclose(summary["x"], [11.0, 11.0])
+    from retain.value import ValueModel
+
+    model = ValueModel(btyd.BGNBD(r=0.25, alpha=4.0, a=0.8, b=2.5), btyd.GammaGamma(p=6.0, q=4.0, gamma=15.0), 365, 0.3)
+    value = model.value(summary)
+    population = 6.0 * 15.0 / 3.0  # both shrink towards it by the same weight: the gap is that weight x 100
+    weight = 6.0 * 11 / (6.0 * 11 + 3.0)
+    assert value[1] / value[0] == pytest.approx(
+        (weight * 200 + (1 - weight) * population) / (weight * 100 + (1 - weight) * population)
+    )

@@ -49,6 +49,7 @@ def members(**overrides) -> pd.DataFrame:
         "first_purchase_days_ago": [360, 360],
         "last_purchase_days_ago": [20, 20],
         "monetary_mean": [300.0, 300.0],
+        "monetary_total": [3600.0, 3600.0],  # 12 purchase days of 300
         "tenure_days": [360.0, 360.0],
         "cycle_cv_baby": [0.1, 0.1],
         "cycle_days_baby": [30.2, 30.2],
@@ -279,10 +280,10 @@ def test_an_order_a_coupon_adds_is_worth_its_margin_plus_the_value_it_keeps_not_
         "x": np.array([20.0, 10.0]),
         "t_x": np.array([52.0, 10.0]),
         "T": np.array([53.0, 62.0]),
-        "monetary_mean": np.array([200.0, 200.0]),
+        "spend_per_day": np.array([200.0, 200.0]),
     }
     worth, value = model.order_worth(summary), model.value(summary)
-    margin = model.gamma_gamma.expected_spend(summary["x"], summary["monetary_mean"]) * 0.3
+    margin = model.gamma_gamma.expected_spend(summary["x"], summary["spend_per_day"]) * 0.3
     alive = model.bgnbd.p_alive(summary["x"], summary["t_x"], summary["T"])
     assert alive[0] > 0.9 and alive[1] < 0.2
     np.testing.assert_allclose(worth - margin, (1 - alive) / alive * value)  # the order's margin + the value kept

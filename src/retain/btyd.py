@@ -21,24 +21,29 @@ DAYS_PER_WEEK = 7.0
 def summary_from_features(features: pd.DataFrame) -> pd.DataFrame:
     """The BTYD summary from point-in-time features (index member_id).
 
-    Uses `frequency` (distinct purchase days) and the integer day counts `first_purchase_days_ago` and
-    `last_purchase_days_ago` (days from each purchase day to `as_of`). Returns `x` (repeat purchase
-    days), `t_x` and `T` in weeks, T measured to the last day before `as_of`, and `monetary_mean`.
+    Uses `frequency` (distinct purchase days), the integer day counts `first_purchase_days_ago` and
+    `last_purchase_days_ago` (days from each purchase day to `as_of`) and `monetary_total`. Returns `x`
+    (repeat purchase days), `t_x` and `T` in weeks, T measured to the last day before `as_of`, and
+    `spend_per_day`: the mean spend per purchase day, the unit BG/NBD counts (a member with two orders a
+    day spends twice as much per counted purchase as one with one).
     """
     arrays = summary_arrays(*(features[name].to_numpy(dtype=float) for name in SUMMARY_INPUTS))
     return pd.DataFrame(arrays, index=features.index)
 
 
-SUMMARY_INPUTS = ("frequency", "first_purchase_days_ago", "last_purchase_days_ago", "monetary_mean")
+SUMMARY_INPUTS = ("frequency", "first_purchase_days_ago", "last_purchase_days_ago", "monetary_total")
 
 
-def summary_arrays(frequency, first_purchase_days_ago, last_purchase_days_ago, monetary_mean) -> dict[str, np.ndarray]:
-    """`summary_from_features` on arrays (the scoring path): x, t_x, T in weeks, monetary_mean."""
+def summary_arrays(frequency, first_purchase_days_ago, last_purchase_days_ago, monetary_total) -> dict[str, np.ndarray]:
+    """`summary_from_features` on arrays (the scoring path): x, t_x, T in weeks, spend_per_day."""
+    frequency = np.asarray(frequency, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spend_per_day = np.where(frequency > 0, np.asarray(monetary_total, dtype=float) / frequency, np.nan)
     return {
         "x": frequency - 1,
         "t_x": (first_purchase_days_ago - last_purchase_days_ago) / DAYS_PER_WEEK,
         "T": (first_purchase_days_ago - 1) / DAYS_PER_WEEK,
-        "monetary_mean": monetary_mean,
+        "spend_per_day": spend_per_day,
     }
 
 
@@ -133,20 +138,21 @@ class GammaGamma:
     q: float
     gamma: float
 
-    def expected_spend(self, x, monetary_mean) -> np.ndarray:
-        """E[spend per purchase | x repeat purchases with mean value m]: shrinks m towards the population."""
-        x, m = np.asarray(x, dtype=float), np.asarray(monetary_mean, dtype=float)
+    def expected_spend(self, x, spend_per_day) -> np.ndarray:
+        """E[spend per purchase day | x repeat purchase days with mean spend m]: shrinks m towards the
+        population."""
+        x, m = np.asarray(x, dtype=float), np.asarray(spend_per_day, dtype=float)
         population = self.p * self.gamma / (self.q - 1)
         weight = self.p * x / (self.p * x + self.q - 1)
         return np.where(x > 0, (1 - weight) * population + weight * m, population)
 
 
 def fit_gamma_gamma(summary: pd.DataFrame) -> GammaGamma:
-    """Fit Gamma-Gamma on customers with repeat purchases and a positive mean value (x, monetary_mean)."""
-    rows = summary[(summary["x"] > 0) & (summary["monetary_mean"] > 0)]
+    """Fit Gamma-Gamma on customers with repeat purchase days and a positive spend (x, spend_per_day)."""
+    rows = summary[(summary["x"] > 0) & (summary["spend_per_day"] > 0)]
     if len(rows) < 10:
         raise RetainError(f"Gamma-Gamma needs at least 10 repeat customers with spend; got {len(rows)}.")
-    x, m = rows["x"].to_numpy(dtype=float), rows["monetary_mean"].to_numpy(dtype=float)
+    x, m = rows["x"].to_numpy(dtype=float), rows["spend_per_day"].to_numpy(dtype=float)
 
     def negative(log_params: np.ndarray) -> float:
         p, q, v = np.exp(log_params)

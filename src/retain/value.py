@@ -1,8 +1,9 @@
 """Member value: the margin a member is expected to bring over the next `decisions.value_horizon_days`.
 
-value = BG/NBD expected purchases over the horizon x Gamma-Gamma expected spend per purchase x
-`decisions.margin_rate`. Both BTYD models are fitted on the features as of the training cutoff by the
-training job and registered as `retain-value`, like the classifiers.
+value = BG/NBD expected purchase days over the horizon x Gamma-Gamma expected spend per purchase day x
+`decisions.margin_rate`: one unit end to end (a member with several orders a day is not undervalued).
+Both BTYD models are fitted on the features as of the training cutoff by the training job and registered
+as `retain-value`, like the classifiers.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ class ValueModel:
     metadata: dict = field(default_factory=dict)
 
     def value(self, summary: dict[str, np.ndarray]) -> np.ndarray:
-        """Expected margin per member from the BTYD summary arrays (x, t_x, T, monetary_mean)."""
+        """Expected margin per member from the BTYD summary arrays (x, t_x, T, spend_per_day)."""
         return self.value_and_worth(summary)[0]
 
     def order_worth(self, summary: dict[str, np.ndarray], lapsing: np.ndarray | None = None) -> np.ndarray:
-        """What one more order, bought because of an offer, is worth: its own margin (Gamma-Gamma spend x
-        margin_rate), plus the value it keeps by winning back a member who was on the way out: P(lapsing)
-        x V, V being BG/NBD's expected margin over the horizon for a member known to be active.
+        """What one more order (a purchase day), bought because of an offer, is worth: its own margin
+        (Gamma-Gamma spend x margin_rate), plus the value it keeps by winning back a member who was on the
+        way out: P(lapsing) x V, V being BG/NBD's expected margin over the horizon for a member known to be active.
         `lapsing`: the churn model's risk (decisions pass it); by default BG/NBD's 1 - P(alive), which
         misses the members still buying a little on their way out. This is the unit the uplift (extra
         P(an order in the window)) multiplies; not a year of value."""
@@ -47,7 +48,7 @@ class ValueModel:
         weeks = self.horizon_days / btyd.DAYS_PER_WEEK
         alive = self.bgnbd.p_alive(x, t_x, T)
         if_alive = self.bgnbd.expected_purchases(x, t_x, T, weeks, alive=np.ones_like(alive))
-        spend = self.gamma_gamma.expected_spend(x, summary["monetary_mean"])
+        spend = self.gamma_gamma.expected_spend(x, summary["spend_per_day"])
         value = if_alive * alive * spend * self.margin_rate
         lapsing = 1.0 - alive if lapsing is None else lapsing
         return value, spend * self.margin_rate * (1.0 + lapsing * if_alive)
