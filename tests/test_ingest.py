@@ -170,3 +170,25 @@ def test_ingest_replaces_its_own_dataset_and_fills_an_empty_folder(tmp_path):
     assert ingest_cli(tmp_path, empty).returncode == 0 and (empty / "dataset.json").exists()
     again = ingest_cli(tmp_path, empty)  # now a retain dataset: replaced
     assert again.returncode == 0 and (empty / "orders.parquet").exists()
+
+
+def test_suppressions_come_in_from_the_command_line(tmp_path):
+    """A shop's opt-outs and legal holds load with `--suppressions`; an unknown reason is quarantined."""
+    from typer.testing import CliRunner
+
+    from retain.cli import app
+    from retain.dataset import open_dataset
+
+    orders = write(tmp_path, "order_id,member_id,ordered_at,amount\no1,a,2025-01-02,10\no2,b,2025-01-03,20\n")
+    rows = ["member_id,reason,until", "a,opted_out,", "b,legal_hold,2025-06-01"]
+    rows += [f"m{i},complaint," for i in range(200)] + ["c,spam,"]  # one bad row of 203: under the limit
+    suppressions = write(tmp_path, "\n".join(rows) + "\n", name="suppressions.csv")
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(
+        app, ["ingest", "--orders", str(orders), "--suppressions", str(suppressions), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    kept = open_dataset(out).read("suppressions")
+    assert len(kept) == 202 and set(kept[c.REASON]) == {"opted_out", "legal_hold", "complaint"}
+    quarantined = pd.read_parquet(out / "quarantine" / "suppressions.parquet")
+    assert list(quarantined[c.MEMBER_ID]) == ["c"] and list(quarantined[c.QUARANTINE_REASON]) == ["bad_value"]

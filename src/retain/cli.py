@@ -106,6 +106,9 @@ def ingest(
     events: Annotated[Path | None, typer.Option(help="Browsing events file.")] = None,
     offers: Annotated[Path | None, typer.Option(help="Offers file.")] = None,
     subscriptions: Annotated[Path | None, typer.Option(help="Subscriptions file.")] = None,
+    suppressions: Annotated[
+        Path | None, typer.Option(help="Suppressions file: opt-outs, complaints, legal holds (never contacted).")
+    ] = None,
     mapping: Annotated[Path | None, typer.Option(help="Mapping TOML from source columns to the contract.")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="End of the observed period (exclusive).")] = None,
     currency: Annotated[str | None, typer.Option(help="Currency of amounts (default: data.currency).")] = None,
@@ -128,6 +131,7 @@ def ingest(
             ("events", events),
             ("offers", offers),
             ("subscriptions", subscriptions),
+            ("suppressions", suppressions),
         ]
         if path
     }
