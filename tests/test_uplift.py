@@ -149,8 +149,8 @@ def test_an_offer_counts_as_bought_only_for_a_paid_order_inside_its_window(tmp_p
 def test_a_fitted_uplift_model_replaces_the_prior_only_when_its_qini_interval_is_above_zero():
     from retain.promotion import uplift_earns_its_place
 
-    assert uplift_earns_its_place({"qini": 0.11, "ci_low": 0.02, "ci_high": 0.2})[0]
-    spans, why = uplift_earns_its_place({"qini": 0.10, "ci_low": -0.01, "ci_high": 0.22})  # the demo's, roughly
+    assert uplift_earns_its_place({"estimate": 0.11, "ci_low": 0.02, "ci_high": 0.2})[0]
+    spans, why = uplift_earns_its_place({"estimate": 0.10, "ci_low": -0.01, "ci_high": 0.22})  # the demo's, roughly
     assert not spans and "not above 0" in why
-    assert not uplift_earns_its_place({"qini": 0.1, "ci_low": float("nan"), "ci_high": float("nan")})[0]
+    assert not uplift_earns_its_place({"estimate": 0.1, "ci_low": float("nan"), "ci_high": float("nan")})[0]
     assert not uplift_earns_its_place(None)[0]

@@ -192,6 +192,7 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     fitted_on = (offers["sent_day"] < held_out_from - pd.Timedelta(days=w.response_days)).to_numpy()
     seed = config.training.seed
     metrics: dict[str, float] = {"offers": len(offers), "held_out_offers": int(held_out.sum())}
+    interval = None  # the held-out Qini with its interval, when there are held-out offers in both arms
     early = uplift_models.fit_uplift(x[fitted_on], offers[fitted_on], config, seed)
     treated = offers["treated"].to_numpy(dtype=bool)
     bought = offers["bought"].to_numpy(dtype=int)
@@ -205,12 +206,7 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
         )
         metrics["held_out_predicted_uplift"] = float(predicted.mean())
     refit = uplift_models.fit_uplift(x, offers, config, seed)
-    measured = (
-        {"qini": metrics["qini"], "ci_low": metrics["qini_ci_low"], "ci_high": metrics["qini_ci_high"]}
-        if "qini" in metrics
-        else None
-    )
-    earns, why = promotion.uplift_earns_its_place(measured)
+    earns, why = promotion.uplift_earns_its_place(interval)
     if refit.kind == "prior":
         model, reason = refit, f"priors: {refit.metadata['prior_reason']}"
     elif earns:
@@ -233,7 +229,7 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
             }
         )
         registry.log_metrics({k: v for k, v in metrics.items() if v == v})
-        if "qini" in metrics:
+        if interval is not None:
             figure = plots.qini(bought[held_out], treated[held_out], predicted, "coupon uplift, held-out offers")
             registry.log_figure(figure, "plots/qini.png")
             plots.close(figure)

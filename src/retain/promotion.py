@@ -60,11 +60,11 @@ def decide(
 def uplift_earns_its_place(qini: dict[str, float] | None) -> tuple[bool, str]:
     """Whether a fitted uplift model replaces the prior: only when its held-out Qini coefficient's 95%
     bootstrap interval (`evaluation.qini_interval`) is above 0, i.e. it ranks members better than chance
-    beyond the noise of the held-out offers. `qini`: None when there were no held-out offers with both
-    arms. Returns the answer and the reason, in words."""
+    beyond the noise of the held-out offers. `qini`: `qini_interval`'s answer (estimate, ci_low, ci_high),
+    None when there were no held-out offers with both arms. Returns the answer and the reason, in words."""
     if qini is None:
         return False, "no held-out offers with a control group to measure it on"
-    interval = f"{qini['qini']:.4f} [{qini['ci_low']:.4f}, {qini['ci_high']:.4f}]"
+    interval = f"{qini['estimate']:.4f} [{qini['ci_low']:.4f}, {qini['ci_high']:.4f}]"
     if qini["ci_low"] > 0:
         return True, f"held-out Qini {interval} (95% interval) is above 0"
     return False, f"held-out Qini {interval} (95% interval) is not above 0: no better than chance beyond noise"

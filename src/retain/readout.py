@@ -53,10 +53,9 @@ def offer_outcomes(
     since = pd.Timestamp(since) if since is not None else pd.Timestamp("1900-01-01")
     until = pd.Timestamp(until) if until is not None else dataset.observed_until
     with dataset_connection(dataset) as (con, _):
-        has_value = "value" in {row[0] for row in con.execute("DESCRIBE offers").fetchall()}
-        has_redeemed = "redeemed_at" in {row[0] for row in con.execute("DESCRIBE offers").fetchall()}
-        value = "coalesce(s.value, 0)" if has_value else "0"
-        redeemed = "s.redeemed_at IS NOT NULL AND s.redeemed_at < s.window_end" if has_redeemed else "FALSE"
+        present = {row[0] for row in con.execute("DESCRIBE offers").fetchall()}  # value, redeemed_at: optional
+        value = "coalesce(s.value, 0)" if "value" in present else "0"
+        redeemed = "s.redeemed_at IS NOT NULL AND s.redeemed_at < s.window_end" if "redeemed_at" in present else "FALSE"
         return con.execute(
             f"""
             WITH sent AS (
