@@ -105,6 +105,45 @@ def test_without_enough_history_the_model_is_the_configured_prior(config):
     assert uplift.fit_uplift(*synthetic_offers(30_000, seed=4)[:2], strict, seed=7).kind == "prior"
 
 
+def test_the_measured_prior_compares_each_campaign_with_its_own_control_group():
+    # hand-built: campaign 1 (reach 0.5 each): treated 2/4 bought, control 0/2; campaign 2 (reach 0.25):
+    # treated 1/2, control 1/2, no effect; campaign 3 has no control group and is left out.
+    offers = pd.DataFrame(
+        {
+            "sent_day": ["d1"] * 6 + ["d2"] * 4 + ["d3"] * 2,
+            "treated": [True] * 4 + [False] * 2 + [True, True, False, False] + [True, True],
+            "bought": [1, 1, 0, 0, 0, 0] + [1, 0, 1, 0] + [1, 1],
+            "reach": [0.5] * 6 + [0.25] * 4 + [1.0] * 2,
+        }
+    )
+    prior = uplift.campaign_prior(offers)
+    # 4 x (0.5 - 0) + 2 x (0.5 - 0.5) extra buyers over 4 x 0.5 + 2 x 0.25 reachable treated members
+    assert prior["estimate"] == pytest.approx(2.0 / 2.5)
+    assert prior["ci_low"] < prior["estimate"] < prior["ci_high"]
+    # A campaign mix that changes does not bias it: the late campaign reaches members who buy more anyway and
+    # holds more of them out, so pooled treated and control rates compare different populations.
+    rng = np.random.default_rng(3)
+    days = np.repeat(["early", "late"], 20_000)
+    base = np.where(days == "early", 0.05, 0.4)
+    treated = rng.random(len(days)) < np.where(days == "early", 0.9, 0.5)
+    reach = np.full(len(days), 0.5)
+    bought = rng.random(len(days)) < base + 0.1 * reach * treated  # a coupon moves 10% of those still there
+    frame = pd.DataFrame({"sent_day": days, "treated": treated, "bought": bought, "reach": reach})
+    measured = uplift.campaign_prior(frame)
+    assert measured["ci_low"] < 0.1 < measured["ci_high"]
+    assert measured["ci_low"] > 0.05
+    pooled = (bought[treated].mean() - bought[~treated].mean()) / 0.5
+    assert pooled < 0  # what a pooled comparison would have said
+    assert uplift.campaign_prior(offers[offers["sent_day"] == "d3"]) is None  # no control group, no estimate
+
+
+def test_the_prior_model_serves_the_measured_prior_scaled_by_reach(config):
+    model = uplift.prior_model(config, ["x"], "measured", prior_uplift=0.12)
+    (uplifts,) = model.predict_tiers(np.zeros((2, 1)), [10.0], reachable=np.array([1.0, 0.25]))
+    assert uplifts.tolist() == pytest.approx([0.12, 0.03])
+    assert uplift.prior_model(config, ["x"], "configured").prior_uplift == config.winback.prior_uplift
+
+
 def test_an_offer_counts_as_bought_only_for_a_paid_order_inside_its_window(tmp_path):
     orders = orders_frame(
         [

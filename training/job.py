@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from retain import backtest, plots, promotion, snapshot
+from retain import backtest, btyd, decisions, plots, promotion, snapshot
 from retain import uplift as uplift_models
 from retain.config import Config, LightGBMConfig, load_config
 from retain.dataset import Dataset, open_dataset
@@ -37,7 +37,7 @@ from retain.evaluation import (
 )
 from retain.features import dataset_connection
 from retain.registry import CHALLENGER, CHAMPION, Registry
-from retain.scoring import MODELS
+from retain.scoring import MODELS, task_probability
 from retain.value import ValueModel, fit_value_model
 
 console = Console(stderr=True, soft_wrap=True)
@@ -177,9 +177,9 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     latest `winback.holdout_days` of offers (fitted on the earlier ones), refit on all, and register it.
     The T-learner becomes champion when its held-out Qini coefficient's 95% bootstrap interval is above 0
     (`promotion.uplift_earns_its_place`; the offers it was fitted on end one response window before the
-    held-out ones, so no outcome overlaps); otherwise, and without enough history, the configured prior
-    does (scaled per member by 1 - churn risk: on the demo shop it earned as much as the T-learner,
-    bench/README.md, issue 12)."""
+    held-out ones, so no outcome overlaps); otherwise, and without enough history, the prior does (scaled
+    per member by 1 - churn risk: on the demo shop it earned as much as the T-learner, bench/README.md,
+    issue 12), measured on the past campaigns where they show an effect (`measured_prior`)."""
     dataset, config = snapshots.dataset, snapshots.config
     w, until = config.winback, dataset.observed_until
     outcomes = uplift_models.offer_outcomes(dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days)
@@ -205,15 +205,19 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
             bought[held_out & treated].mean() - bought[held_out & ~treated].mean()
         )
         metrics["held_out_predicted_uplift"] = float(predicted.mean())
-    refit = uplift_models.fit_uplift(x, offers, config, seed)
+    prior, prior_note = measured_prior(registry, snapshots, x, offers)
+    metrics.update({f"prior_uplift_{k}": v for k, v in (prior or {}).items()})
+    prior_uplift = prior["estimate"] if prior and prior["ci_low"] > 0 else None
+    refit = uplift_models.fit_uplift(x, offers, config, seed, prior_uplift)
     earns, why = promotion.uplift_earns_its_place(interval)
     if refit.kind == "prior":
         model, reason = refit, f"priors: {refit.metadata['prior_reason']}"
     elif earns:
         model, reason = refit, f"T-learner: {why}"
     else:
-        model = uplift_models.prior_model(config, names, f"the T-learner's {why}")
+        model = uplift_models.prior_model(config, names, f"the T-learner's {why}", prior_uplift)
         reason = f"priors: the T-learner's {why}"
+    reason += f"; {prior_note}"
     with registry.run("uplift", run_name=f"uplift-{until.date()}") as run_id:
         registry.log_params(
             {
@@ -245,6 +249,30 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     registry.set_alias("uplift", CHAMPION, version)
     console.print(f"uplift: version {version} champion ({reason})")
     return metrics
+
+
+def measured_prior(
+    registry: Registry, snapshots: backtest.Snapshots, x: pd.DataFrame, offers: pd.DataFrame
+) -> tuple[dict[str, float] | None, str]:
+    """The prior uplift measured on past campaigns (`uplift.campaign_prior`), each offer's reach being
+    1 - the churn champion's risk for the member on the day it was sent; and a sentence saying which prior
+    serves. The measured one replaces `winback.prior_uplift` when its 95% interval is above 0."""
+    config, configured = snapshots.config, snapshots.config.winback.prior_uplift
+    champion = registry.load("churn")
+    if champion is None or offers.empty:
+        return None, f"prior uplift {configured} as configured (no past campaigns or no churn model to measure it)"
+    reach = np.full(len(offers), np.nan)
+    for day, rows in offers.groupby("sent_day").indices.items():
+        column = decisions.Columns(x.iloc[rows])
+        summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
+        reach[rows] = 1.0 - task_probability(champion[0], column, summary, pd.Timestamp(day), config)
+    prior = uplift_models.campaign_prior(offers.assign(reach=reach))
+    if prior is None:
+        return None, f"prior uplift {configured} as configured (no past campaign has a control group)"
+    measured = f"{prior['estimate']:.4f} [{prior['ci_low']:.4f}, {prior['ci_high']:.4f}]"
+    if prior["ci_low"] > 0:
+        return prior, f"prior uplift measured on past campaigns: {measured} (configured {configured})"
+    return prior, f"prior uplift {configured} as configured (measured on past campaigns {measured}, not above 0)"
 
 
 def point_in_time_notes(dataset: Dataset, config: Config) -> list[str]:

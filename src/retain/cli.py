@@ -137,7 +137,9 @@ def ingest(
     }
     cutoff = parse_date(as_of, "--as-of") if as_of else None
     try:
-        report = run_ingest(sources, out, mapping, cutoff, cfg.ingest.max_bad_share, currency or cfg.data.currency)
+        report = run_ingest(
+            sources, out, mapping, cutoff, cfg.ingest.max_bad_share, currency or cfg.data.currency, cfg.data.timezone
+        )
     except IngestRejected as exc:
         err_console.print(exc.details, markup=False, highlight=False)
         raise

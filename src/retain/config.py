@@ -13,6 +13,7 @@ import os
 import tomllib
 import types
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,27 @@ class ConfigError(RetainError):
     """The configuration file or an override is wrong."""
 
 
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "data/demo"
     currency: str = "CNY"
+    timezone: str = DEFAULT_TIMEZONE  # the shop's zone: ingest converts timestamps with a UTC offset to it
     categories: dict[str, str] = field(default_factory=dict)
     replenishment_categories: list[str] = field(default_factory=list)
     promotion_windows: list[list[str]] = field(default_factory=list)
     refund_delay_days: int = 14  # a refund without refunded_at counts from its order date plus this
+
+    def __post_init__(self):
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"data.timezone = {self.timezone!r} is not a time zone; use a name such as "
+                f"'Asia/Shanghai', 'Europe/London' or 'UTC'."
+            ) from None
 
 
 @dataclass(frozen=True)

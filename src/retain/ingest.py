@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from retain import contract as c
+from retain.config import DEFAULT_TIMEZONE
 from retain.dataset import atomic_folder, write_metadata, write_tables
 from retain.errors import RetainError
 
 FIRST_BAD_ROWS_SHOWN = 5
+UTC_OFFSET = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"  # a timestamp that ends in an offset from UTC
 TRUE_TEXT = {"true", "1", "yes", "y", "t"}
 FALSE_TEXT = {"false", "0", "no", "n", "f"}
 
@@ -107,7 +109,12 @@ def _decode(path: Path, encoding: str) -> str:
 
 
 def canonicalize(
-    raw: pd.DataFrame, table: str, mapping: TableMapping, source_name: str, as_of: pd.Timestamp | None
+    raw: pd.DataFrame,
+    table: str,
+    mapping: TableMapping,
+    source_name: str,
+    as_of: pd.Timestamp | None,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Turn a source frame of text into (canonical rows, quarantined rows with `_reason`).
 
@@ -120,7 +127,7 @@ def canonicalize(
     for column, kind in c.TABLES[table].items():
         if column not in text:
             continue
-        values, bad = _parse(text[column], kind, mapping.formats.get(column))
+        values, bad = _parse(text[column], kind, mapping.formats.get(column), timezone)
         if column in c.REQUIRED[table]:
             missing = values.isna() & ~bad.notna()
             bad = bad.mask(missing, c.MISSING_MEMBER_ID if column == c.MEMBER_ID else c.MISSING_VALUE)
@@ -168,16 +175,29 @@ def _rename(raw: pd.DataFrame, table: str, mapping: TableMapping, source_name: s
     return text
 
 
-def _parse(text: pd.Series, kind: object, date_format: str | None) -> tuple[pd.Series, pd.Series]:
+def shop_local(text: pd.Series, date_format: str | None, timezone: str) -> pd.Series:
+    """Timestamps in the shop's zone, without a zone (the contract's form). A value with a UTC offset
+    ("2025-03-01T10:00:00+08:00", "...Z") is converted to `timezone`; one without is taken as shop time
+    already; rows may mix both and several offsets. What does not parse is NaT (the caller's bad_date)."""
+    fmt = date_format or "ISO8601"
+    with_offset = text.str.contains(UTC_OFFSET, regex=True, na=False)
+    values = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us]")
+    if (~with_offset).any():
+        values[~with_offset] = pd.to_datetime(text[~with_offset], format=fmt, errors="coerce")
+    if with_offset.any():
+        aware = pd.to_datetime(text[with_offset], format=fmt, errors="coerce", utc=True)
+        values[with_offset] = aware.dt.tz_convert(timezone).dt.tz_localize(None)
+    return values
+
+
+def _parse(text: pd.Series, kind: object, date_format: str | None, timezone: str) -> tuple[pd.Series, pd.Series]:
     """Parse one text column by its contract kind; return (values, reason per bad row or NA)."""
     empty = text.isna() | (text == "")
     no_reason = pd.Series(pd.NA, index=text.index, dtype="string")
     if kind in ("id", "text"):
         return text.mask(empty).astype("str"), no_reason
     if kind == "timestamp":
-        values = pd.to_datetime(text.mask(empty), format=date_format or "ISO8601", errors="coerce").astype(
-            "datetime64[us]"
-        )
+        values = shop_local(text.mask(empty), date_format, timezone)
         return values, no_reason.mask(values.isna() & ~empty, c.BAD_DATE)
     if kind in ("money", "count"):
         numbers = pd.to_numeric(text.mask(empty), errors="coerce").astype(float)
@@ -230,6 +250,7 @@ def ingest(
     as_of: pd.Timestamp | None = None,
     max_bad_share: float = 0.01,
     currency: str = "CNY",
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> dict:
     """Validate the source files and write the canonical dataset to `out`, atomically.
 
@@ -245,7 +266,7 @@ def ingest(
         raw = read_source(Path(path), mapping)
         if table == "orders" and raw.empty:
             raise RetainError(f"The orders file {path} has no rows; there is nothing to ingest.")
-        rows, quarantine = canonicalize(raw, table, mapping, Path(path).name, as_of)
+        rows, quarantine = canonicalize(raw, table, mapping, Path(path).name, as_of, timezone)
         results[table] = TableResult(table, rows, quarantine, rows_read=len(raw))
     _reject_if_too_bad(results, max_bad_share)
     orders = results["orders"].rows
@@ -259,7 +280,7 @@ def ingest(
                 result.quarantine.astype(
                     {col: str for col in result.quarantine.columns if col != c.QUARANTINE_ROW}
                 ).to_parquet(folder / "quarantine" / f"{table}.parquet", index=False)
-        write_metadata(folder, observed_until, currency, extra={"source": "ingest"})
+        write_metadata(folder, observed_until, currency, extra={"source": "ingest", "timezone": timezone})
         (folder / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

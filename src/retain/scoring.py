@@ -25,6 +25,33 @@ MODELS = (*TASKS, "uplift", "value")
 REASONS_PER_MEMBER = 3
 
 
+def task_probability(
+    model: models.TaskModel,
+    column: decisions.Columns,
+    summary: dict[str, np.ndarray],
+    as_of: pd.Timestamp,
+    config: Config,
+) -> np.ndarray:
+    """A task model's probability per member from the features (`column`) and their BTYD `summary` arrays:
+    the model's matrix (features plus BG/NBD features at its horizon with its stored fit, and the
+    promotion days ahead) built without pandas copies (measured several times faster), and the anchor
+    column over the task's configured horizon when an anchored model trained on a shorter one (see
+    `TaskModel.raw_matrix`)."""
+    horizon = getattr(config.labels, f"{model.task}_horizon_days")
+    extra = {
+        **models.btyd_feature_arrays(model.bgnbd, summary, model.horizon_days),
+        **models.promotion_days_ahead(as_of, model.horizon_days, config.data.promotion_windows),
+    }
+    matrix = column.matrix(model.feature_names)
+    for j, name in enumerate(model.feature_names):
+        if name in extra:
+            matrix[:, j] = extra[name]
+    anchor = None
+    if model.anchored and model.horizon_days != horizon:
+        anchor = models.btyd_feature_arrays(model.bgnbd, summary, horizon)[model.anchor]
+    return model.predict_matrix(matrix, anchor)
+
+
 @dataclass
 class Scorer:
     """The champion models of both tasks and the config they decide with."""
@@ -72,43 +99,14 @@ class Scorer:
             **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows)
         )
 
-    def model_matrix(
-        self, column: decisions.Columns, summary: dict[str, np.ndarray], as_of: pd.Timestamp, task: str
-    ) -> np.ndarray:
-        """`model_input` as the model's matrix, taken from the features and the BTYD `summary` arrays: the
-        scoring path without pandas copies (measured several times faster)."""
-        model = self.model(task)
-        extra = {
-            **models.btyd_feature_arrays(model.bgnbd, summary, model.horizon_days),
-            **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows),
-        }
-        matrix = column.matrix(model.feature_names)
-        for j, name in enumerate(model.feature_names):
-            if name in extra:
-                matrix[:, j] = extra[name]
-        return matrix
-
-    def anchor_at_horizon(self, summary: dict[str, np.ndarray], task: str) -> np.ndarray | None:
-        """The anchor column over the task's configured horizon when an anchored model trained on a shorter
-        one (see `TaskModel.raw_matrix`); None otherwise."""
-        model = self.model(task)
-        horizon = getattr(self.config.labels, f"{task}_horizon_days")
-        if not model.anchored or model.horizon_days == horizon:
-            return None
-        return models.btyd_feature_arrays(model.bgnbd, summary, horizon)[model.anchor]
-
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
         budget: `segment`, `action`, `offer_detail`, `expected_value`, `cost`, `coupon_uplift`, `uplift_source`,
         `value`."""
         column = decisions.Columns(features)
         summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
-        churn = self.churn.predict_matrix(
-            self.model_matrix(column, summary, as_of, "churn"), self.anchor_at_horizon(summary, "churn")
-        )
-        repurchase = self.repurchase.predict_matrix(
-            self.model_matrix(column, summary, as_of, "repurchase"), self.anchor_at_horizon(summary, "repurchase")
-        )
+        churn = task_probability(self.churn, column, summary, as_of, self.config)
+        repurchase = task_probability(self.repurchase, column, summary, as_of, self.config)
         decided = decisions.decide_arrays(column, summary, churn, repurchase, self.value, self.uplift, self.config)
         return pd.DataFrame({"churn_risk": churn, "repurchase_prob": repurchase, **decided}, index=features.index)
 

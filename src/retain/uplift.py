@@ -15,9 +15,11 @@ would top the ranking.
 It also keeps the share of treated members who bought in the window and redeemed the coupon, which
 `retain.decisions` turns into P(redeem) (members who would buy anyway redeem too: that is the cost
 of discounting them). With too little history (fewer than `winback.min_treated` treated or
-`winback.min_control` control offers) the model is the configured prior: `winback.prior_uplift`, scaled
-per member by the chance the member is still there to be moved (1 - churn risk; see `predict_tiers`), and
-`winback.redeem_rate`.
+`winback.min_control` control offers) the model is the prior: a rise in P(buy) for a member still
+buying, scaled per member by the chance the member is still there to be moved (1 - churn risk; see
+`predict_tiers`), and `winback.redeem_rate`. The prior's rise is measured on the shop's past campaigns
+against their control groups where that measure's 95% interval is above 0 (`campaign_prior`), else it is
+the configured `winback.prior_uplift`.
 """
 
 from __future__ import annotations
@@ -125,11 +127,44 @@ class UpliftModel:
         return pd.DataFrame({"uplift": uplift}, index=frame.index)
 
 
-def prior_model(config: Config, feature_names: list[str], reason: str) -> UpliftModel:
+def prior_model(
+    config: Config, feature_names: list[str], reason: str, prior_uplift: float | None = None
+) -> UpliftModel:
+    """The prior alone: `prior_uplift` (measured on past campaigns, `campaign_prior`) or, without it, the
+    configured `winback.prior_uplift`."""
     w = config.winback
-    return UpliftModel(
-        feature_names, prior_uplift=w.prior_uplift, prior_redeem=w.redeem_rate, metadata={"prior_reason": reason}
-    )
+    prior = w.prior_uplift if prior_uplift is None else prior_uplift
+    return UpliftModel(feature_names, prior_uplift=prior, prior_redeem=w.redeem_rate, metadata={"prior_reason": reason})
+
+
+def campaign_prior(offers: pd.DataFrame) -> dict[str, float] | None:
+    """The prior uplift measured on the shop's past campaigns: the rise in P(buy in the window) a coupon
+    brings a member still there to be moved, the unit `UpliftModel.predict_tiers` scales by 1 - churn risk.
+
+        k = sum over campaigns of n_treated x (treated buying rate - control buying rate)
+            / sum over treated members of reach
+
+    `offers`: `sent_day`, `treated`, `bought` and `reach` (1 - the churn risk of the member on the day the
+    offer was sent). Each campaign (day) is compared with its own control group, so a campaign mix that
+    changes over time does not bias k; campaigns without a control group are left out. The 95% interval
+    treats the reach as known (normal approximation of each campaign's difference of rates). None without
+    any campaign with both arms or reach.
+    """
+    lift = variance = reach = 0.0
+    for _, campaign in offers.groupby("sent_day", sort=True):
+        treated = campaign[c.TREATED].to_numpy(dtype=bool)
+        bought = campaign["bought"].to_numpy(dtype=float)
+        n_t, n_c = int(treated.sum()), int((~treated).sum())
+        if n_t == 0 or n_c == 0:
+            continue
+        p_t, p_c = bought[treated].mean(), bought[~treated].mean()
+        lift += n_t * (p_t - p_c)
+        variance += n_t**2 * (p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
+        reach += float(np.nansum(campaign["reach"].to_numpy(dtype=float)[treated]))
+    if reach <= 0:
+        return None
+    k, half = lift / reach, 1.96 * np.sqrt(variance) / reach
+    return {"estimate": float(k), "ci_low": float(k - half), "ci_high": float(k + half)}
 
 
 def offer_outcomes(dataset: Dataset, since: pd.Timestamp, until: pd.Timestamp, response_days: int) -> pd.DataFrame:
@@ -177,9 +212,12 @@ def training_frame(
     return pd.concat(parts, ignore_index=True), pd.concat(kept, ignore_index=True)
 
 
-def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int) -> UpliftModel:
+def fit_uplift(
+    x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int, prior_uplift: float | None = None
+) -> UpliftModel:
     """The T-learner on offers (`treated`, `value`, `bought`, `redeemed`) and their features `x` (row-aligned);
-    the prior when there are too few treated or control offers."""
+    the prior when there are too few treated or control offers. `prior_uplift`: the prior outside the
+    history's reach (`campaign_prior`'s estimate; default the configured `winback.prior_uplift`)."""
     names = list(x.columns)
     treated = offers[c.TREATED].to_numpy(dtype=bool)
     bought = offers["bought"].to_numpy(dtype=int)
@@ -190,6 +228,7 @@ def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int)
             names,
             f"{int(treated.sum())} treated and {int((~treated).sum())} control offers in the history "
             f"(needs {w.min_treated} and {w.min_control})",
+            prior_uplift,
         )
     matrix = x.to_numpy(dtype=np.float64, na_value=np.nan)
     values = offers[c.VALUE].to_numpy(dtype=float)
@@ -213,7 +252,7 @@ def fit_uplift(x: pd.DataFrame, offers: pd.DataFrame, config: Config, seed: int)
         control_booster,
         uses_value=uses_value,
         redeem_share=redeem_share,
-        prior_uplift=w.prior_uplift,
+        prior_uplift=w.prior_uplift if prior_uplift is None else prior_uplift,
         prior_redeem=w.redeem_rate,
         metadata={"treated_offers": int(treated.sum()), "control_offers": int((~treated).sum())},
         support=support,
