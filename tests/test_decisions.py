@@ -272,9 +272,9 @@ def test_contact_rules_cooldown_frequency_cap_and_suppressions(tmp_path, config)
 
 
 def test_an_order_a_coupon_adds_is_worth_its_margin_plus_the_value_it_keeps_not_a_year():
-    """Units: the uplift is an extra P(an order in the window), so it multiplies what one order is worth.
-    For a member surely alive that is the order's margin; for a lapsing one, also the value kept by
-    winning them back, (1 - P(alive)) x the value of a member known to be alive."""
+    """Units: the uplift is an extra P(an order in the window), so it multiplies what one extra buyer is
+    worth: the order's margin, plus the members kept per extra buyer x the margin of a member who stays,
+    buying as they did before they lapsed."""
     model = ValueModel(btyd.BGNBD(r=0.25, alpha=4.0, a=0.8, b=2.5), btyd.GammaGamma(p=6.0, q=4.0, gamma=15.0), 365, 0.3)
     summary = {  # weeks: bought on 20 days up to last week; bought on 10 days, the last a year ago
         "x": np.array([20.0, 10.0]),
@@ -282,13 +282,23 @@ def test_an_order_a_coupon_adds_is_worth_its_margin_plus_the_value_it_keeps_not_
         "T": np.array([53.0, 62.0]),
         "spend_per_day": np.array([200.0, 200.0]),
     }
-    worth, value = model.order_worth(summary), model.value(summary)
     margin = model.gamma_gamma.expected_spend(summary["x"], summary["spend_per_day"]) * 0.3
     alive = model.bgnbd.p_alive(summary["x"], summary["t_x"], summary["T"])
     assert alive[0] > 0.9 and alive[1] < 0.2
-    np.testing.assert_allclose(worth - margin, (1 - alive) / alive * value)  # the order's margin + the value kept
-    assert margin[0] < worth[0] < value[0] / 5  # the frequent buyer: an order and a little more, not a year
+    weeks = 365 / 7
+    as_before = model.bgnbd.expected_purchases(summary["x"], summary["t_x"], summary["t_x"], weeks, alive=np.ones(2))
+    since = model.bgnbd.expected_purchases(summary["x"], summary["t_x"], summary["T"], weeks, alive=np.ones(2))
+    # a member won back buys as before the lapse, not at the rate a year of silence implies if alive
+    assert as_before[1] > 2 * since[1] and as_before[0] == pytest.approx(since[0], rel=0.05)
+
+    worth = model.order_worth(summary)  # by default kept = 1 - P(alive)
+    np.testing.assert_allclose(worth, margin * (1 + (1 - alive) * as_before))
+    assert margin[0] < worth[0] < model.value(summary)[0] / 5  # the frequent buyer: an order and a little more
     assert worth[1] - margin[1] > margin[1]  # the lapsing one: mostly the value a win-back keeps
+
+    measured = model.order_worth(summary, kept=0.5)  # measured on campaigns: half a member kept per extra buyer
+    np.testing.assert_allclose(measured, margin * (1 + 0.5 * as_before))
+    assert model.order_worth(summary, kept=0.0) == pytest.approx(margin)  # keeps nobody: the order alone
 
 
 def test_a_control_stays_a_control_for_a_response_window(config):

@@ -137,6 +137,34 @@ def test_the_measured_prior_compares_each_campaign_with_its_own_control_group():
     assert uplift.campaign_prior(offers[offers["sent_day"] == "d3"]) is None  # no control group, no estimate
 
 
+def test_members_kept_per_extra_buyer_are_measured_campaign_by_campaign():
+    # d1: 4 treated (2 bought, 3 retained) against 2 held out (none): 2 extra buyers, 3 extra kept.
+    # d2: 2 treated (1 bought, 0 retained) against 2 (1 bought, 1 retained): 0 extra buyers, 1 fewer kept.
+    # d3: retention not yet known (left out); d4: no control group (left out).
+    offers = pd.DataFrame(
+        {
+            "sent_day": ["d1"] * 6 + ["d2"] * 4 + ["d3"] * 2 + ["d4"] * 2,
+            "treated": [True] * 4 + [False] * 2 + [True, True, False, False] + [True, False] + [True, True],
+            "bought": [1, 1, 0, 0, 0, 0] + [1, 0, 1, 0] + [1, 0] + [1, 1],
+            "retained": [1, 1, 1, 0, 0, 0] + [0, 0, 1, 0] + [None, None] + [1, 1],
+        }
+    )
+    kept = uplift.kept_per_buyer(offers, rounds=200)
+    assert kept["estimate"] == pytest.approx((3 - 1) / (2 + 0))
+    assert kept["ci_low"] <= kept["estimate"] <= kept["ci_high"]
+    # no extra buyers at all: the ratio means nothing
+    assert uplift.kept_per_buyer(offers[offers["sent_day"] == "d2"]) is None
+    assert uplift.kept_per_buyer(offers.drop(columns="retained")) is None
+
+
+def test_the_served_model_uses_the_measured_members_kept_else_the_churn_risk(config):
+    model = uplift.prior_model(config, ["x"], "measured")
+    churn = np.array([0.2, 0.9])
+    assert model.kept(churn) is churn
+    model.kept_per_buyer = 0.4
+    assert model.kept(churn) == 0.4
+
+
 def test_the_prior_model_serves_the_measured_prior_scaled_by_reach(config):
     model = uplift.prior_model(config, ["x"], "measured", prior_uplift=0.12)
     (uplifts,) = model.predict_tiers(np.zeros((2, 1)), [10.0], reachable=np.array([1.0, 0.25]))
@@ -173,6 +201,13 @@ def test_an_offer_counts_as_bought_only_for_a_paid_order_inside_its_window(tmp_p
     # d's window (from 2025-06-01) is not complete by 2025-06-10: left out
     assert out["member_id"].tolist() == ["a", "b", "c"]
     assert out["bought"].tolist() == [True, False, False] and out["redeemed"].tolist() == [True, False, False]
+
+    # Retention: a paid order in the 30 days after the window (b's 04-20 order), missing where that period
+    # has not ended by the data's end (80 days after the window: 2025-06-24).
+    kept = uplift.offer_outcomes(ds, pd.Timestamp("2025-01-01"), ds.observed_until, 14, retention_days=30)
+    assert kept["retained"].tolist() == [False, True, False]
+    assert kept["bought"].tolist() == [True, False, False]  # the longer join leaves the window's outcome as it was
+    assert uplift.offer_outcomes(ds, pd.Timestamp("2025-01-01"), ds.observed_until, 14, 80)["retained"].isna().all()
 
     seen = []
 

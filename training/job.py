@@ -182,7 +182,8 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
     issue 12), measured on the past campaigns where they show an effect (`measured_prior`)."""
     dataset, config = snapshots.dataset, snapshots.config
     w, until = config.winback, dataset.observed_until
-    outcomes = uplift_models.offer_outcomes(dataset, until - pd.Timedelta(days=w.history_days), until, w.response_days)
+    since, retention = until - pd.Timedelta(days=w.history_days), config.labels.churn_horizon_days
+    outcomes = uplift_models.offer_outcomes(dataset, since, until, w.response_days, retention)
     x, offers = uplift_models.training_frame(outcomes, snapshots.base_features)
     names = list(snapshots.base_features(until).columns)
     x = x.reindex(columns=names)
@@ -218,6 +219,14 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
         model = uplift_models.prior_model(config, names, f"the T-learner's {why}", prior_uplift)
         reason = f"priors: the T-learner's {why}"
     reason += f"; {prior_note}"
+    kept = uplift_models.kept_per_buyer(offers, seed=seed)
+    metrics.update({f"kept_per_buyer_{k}": v for k, v in (kept or {}).items()})
+    model.kept_per_buyer = None if kept is None else kept["estimate"]
+    if kept is None:
+        reason += "; members kept per extra buyer: each member's churn risk (no campaign measures it)"
+    else:
+        measured = f"{kept['estimate']:.3f} [{kept['ci_low']:.3f}, {kept['ci_high']:.3f}]"
+        reason += f"; members kept per extra buyer, measured on past campaigns: {measured}"
     with registry.run("uplift", run_name=f"uplift-{until.date()}") as run_id:
         registry.log_params(
             {

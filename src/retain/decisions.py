@@ -6,8 +6,9 @@ Per member (`decide_arrays`, called by the `Scorer`, so the service and the expo
 - win-back coupon, for members with churn risk >= `winback.min_churn_risk` (default: the at-risk
   threshold `decisions.churn_threshold`): for each tier of `winback.coupon_tiers`, expected value =
   uplift x worth of an order - (send cost + P(redeem) x coupon value), the uplift (extra P(an order in
-  the window)) from `retain.uplift`, the worth of that order its margin plus the value it keeps by
-  winning the member back (`ValueModel.order_worth`), P(redeem) = (P(buy anyway) + uplift) x the share
+  the window)) from `retain.uplift`, the worth of that extra buyer their order's margin plus the members
+  kept per extra buyer (measured on past campaigns, else the churn risk) x the margin of a member who
+  stays (`ValueModel.order_worth`), P(redeem) = (P(buy anyway) + uplift) x the share
   of such buyers who redeem, P(buy anyway) from the repurchase probability; the best tier is the offer;
 - subscription offer (周期购), for members who buy a replenishment category on a regular cycle (gap
   cv <= `subscription.max_cycle_cv`), are likely to buy again (>= `decisions.repurchase_threshold`) and
@@ -161,7 +162,7 @@ def decide_arrays(
     """segment, action, offer_detail, expected_value, cost, uplift, uplift_source and value per member (no
     budget)."""
     n = len(churn)
-    value, worth = (np.nan_to_num(v) for v in value_model.value_and_worth(summary, churn))
+    value, worth = (np.nan_to_num(v) for v in value_model.value_and_worth(summary, uplift.kept(churn)))
     matrix = column.matrix(uplift.feature_names)
     coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), churn, uplift, config)
     winback_ev = np.where(churn >= winback_min_churn_risk(config), coupon["ev"], -np.inf)

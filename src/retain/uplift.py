@@ -59,6 +59,13 @@ class UpliftModel:
     task: str = "uplift"
     metadata: dict = field(default_factory=dict)
     support: dict[str, list[float]] = field(default_factory=dict)  # feature -> [low, high] of past campaigns
+    kept_per_buyer: float | None = None  # measured on past campaigns (`kept_per_buyer`); None: not measured
+
+    def kept(self, churn: np.ndarray) -> np.ndarray | float:
+        """Members a coupon keeps per extra buyer: measured on the shop's campaigns where they allow it,
+        else each member's churn risk (the chance the extra buyer was on the way out)."""
+        measured = self.__dict__.get("kept_per_buyer")  # a model registered before this has none
+        return churn if measured is None else measured
 
     @property
     def kind(self) -> str:
@@ -167,33 +174,82 @@ def campaign_prior(offers: pd.DataFrame) -> dict[str, float] | None:
     return {"estimate": float(k), "ci_low": float(k - half), "ci_high": float(k + half)}
 
 
-def offer_outcomes(dataset: Dataset, since: pd.Timestamp, until: pd.Timestamp, response_days: int) -> pd.DataFrame:
+def offer_outcomes(
+    dataset: Dataset, since: pd.Timestamp, until: pd.Timestamp, response_days: int, retention_days: int = 0
+) -> pd.DataFrame:
     """Win-back offers sent in [since, until - response_days] with their outcome: `bought` (a paid order
-    within `response_days` of sending) and `redeemed`. Columns member_id, sent_day, treated, value."""
+    within `response_days` of sending) and `redeemed`. Columns member_id, sent_day, treated, value.
+
+    With `retention_days`, also `retained`: a paid order in the `retention_days` after the response window
+    (the member is still buying once the coupon's window is over), missing where that period has not
+    ended by `until`."""
     if not dataset.has("offers"):
-        return pd.DataFrame(columns=[c.MEMBER_ID, "sent_day", c.TREATED, c.VALUE, "bought", "redeemed"])
+        return pd.DataFrame(columns=[c.MEMBER_ID, "sent_day", c.TREATED, c.VALUE, "bought", "redeemed", "retained"])
+    response, retention = int(response_days), int(retention_days)
     with dataset_connection(dataset) as (con, _):
         return con.execute(
             f"""
             WITH sent AS (
                 SELECT offer_id, member_id, sent_at, treated, value, redeemed_at,
-                       sent_at + INTERVAL {int(response_days)} DAY AS window_end
+                       sent_at + INTERVAL {response} DAY AS window_end,
+                       sent_at + INTERVAL {response + retention} DAY AS retention_end
                 FROM offers
                 WHERE offer_type = 'winback_coupon' AND sent_at >= ?
-                  AND sent_at + INTERVAL {int(response_days)} DAY <= ?
+                  AND sent_at + INTERVAL {response} DAY <= ?
             )
             SELECT s.member_id, date_trunc('day', s.sent_at) AS sent_day, s.treated, s.value,
-                   count(o.member_id) > 0 AS bought,
-                   coalesce(s.redeemed_at < s.window_end, FALSE) AS redeemed
+                   count(o.member_id) FILTER (WHERE o.ordered_at < s.window_end) > 0 AS bought,
+                   coalesce(s.redeemed_at < s.window_end, FALSE) AS redeemed,
+                   CASE WHEN {retention} > 0 AND s.retention_end <= ?
+                        THEN count(o.member_id) FILTER (WHERE o.ordered_at >= s.window_end) > 0 END AS retained
             FROM sent s
             LEFT JOIN orders o
-              ON o.member_id = s.member_id AND o.ordered_at >= s.sent_at AND o.ordered_at < s.window_end
+              ON o.member_id = s.member_id AND o.ordered_at >= s.sent_at AND o.ordered_at < s.retention_end
              AND coalesce(o.status, 'paid') = 'paid'
-            GROUP BY s.offer_id, s.member_id, s.sent_at, s.treated, s.value, s.redeemed_at, s.window_end
+            GROUP BY s.offer_id, s.member_id, s.sent_at, s.treated, s.value, s.redeemed_at, s.window_end,
+                     s.retention_end
             ORDER BY s.sent_at, s.member_id, s.offer_id
             """,
-            [pd.Timestamp(since).to_pydatetime(), pd.Timestamp(until).to_pydatetime()],
+            [pd.Timestamp(since).to_pydatetime(), *[pd.Timestamp(until).to_pydatetime()] * 2],
         ).df()
+
+
+def kept_per_buyer(offers: pd.DataFrame, seed: int = 0, rounds: int = 500) -> dict[str, float] | None:
+    """How many members a coupon keeps for each extra buyer it brings, measured on past campaigns:
+
+        kept = sum over campaigns of n_treated x (treated - control share `retained`)
+               / sum over campaigns of n_treated x (treated - control share `bought`)
+
+    (`offer_outcomes` with `retention_days`: still buying in the period after the coupon's window). The
+    worth of an extra buyer is then their order plus `kept` x the value of a member who stays
+    (`ValueModel.value_and_worth`). Each campaign is compared with its own control group; campaigns without
+    one, or whose retention period has not ended, are left out. The 95% interval resamples whole campaigns.
+    None when the campaigns show no extra buyers (the ratio means nothing then), estimate clipped at 0."""
+    closed = offers[offers["retained"].notna()] if "retained" in offers else offers.iloc[:0]
+    per_campaign = []
+    for _, campaign in closed.groupby("sent_day", sort=True):
+        treated = campaign[c.TREATED].to_numpy(dtype=bool)
+        if treated.all() or not treated.any():
+            continue
+        extra = [
+            treated.sum()
+            * (
+                campaign[col].to_numpy(dtype=float)[treated].mean()
+                - campaign[col].to_numpy(dtype=float)[~treated].mean()
+            )
+            for col in ("retained", "bought")
+        ]
+        per_campaign.append(extra)
+    if not per_campaign:
+        return None
+    kept, bought = np.asarray(per_campaign).T
+    if bought.sum() <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(kept), size=(rounds, len(kept)))
+    ratios = kept[draws].sum(axis=1) / np.where(bought[draws].sum(axis=1) > 0, bought[draws].sum(axis=1), np.nan)
+    low, high = np.nanquantile(ratios, [0.025, 0.975])
+    return {"estimate": max(float(kept.sum() / bought.sum()), 0.0), "ci_low": float(low), "ci_high": float(high)}
 
 
 def training_frame(

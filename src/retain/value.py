@@ -31,27 +31,30 @@ class ValueModel:
         """Expected margin per member from the BTYD summary arrays (x, t_x, T, spend_per_day)."""
         return self.value_and_worth(summary)[0]
 
-    def order_worth(self, summary: dict[str, np.ndarray], lapsing: np.ndarray | None = None) -> np.ndarray:
-        """What one more order (a purchase day), bought because of an offer, is worth: its own margin
-        (Gamma-Gamma spend x margin_rate), plus the value it keeps by winning back a member who was on the
-        way out: P(lapsing) x V, V being BG/NBD's expected margin over the horizon for a member known to be active.
-        `lapsing`: the churn model's risk (decisions pass it); by default BG/NBD's 1 - P(alive), which
-        misses the members still buying a little on their way out. This is the unit the uplift (extra
-        P(an order in the window)) multiplies; not a year of value."""
-        return self.value_and_worth(summary, lapsing)[1]
+    def order_worth(self, summary: dict[str, np.ndarray], kept: np.ndarray | float | None = None) -> np.ndarray:
+        """What one more buyer in a coupon's window is worth: the order's margin (Gamma-Gamma spend x
+        margin_rate), plus `kept` x the margin of a member who stays over the horizon, buying as before
+        they lapsed (BG/NBD's expected purchase days at the rate up to their last one: a member won back
+        buys as they did, not at the rate their silence since implies).
+
+        `kept`: members kept per extra buyer, measured on the shop's campaigns (`uplift.kept_per_buyer`), or
+        per member the churn risk (decisions pass one of them); by default BG/NBD's 1 - P(alive). This is
+        the unit the uplift (extra P(an order in the window)) multiplies; not a year of value."""
+        return self.value_and_worth(summary, kept)[1]
 
     def value_and_worth(
-        self, summary: dict[str, np.ndarray], lapsing: np.ndarray | None = None
+        self, summary: dict[str, np.ndarray], kept: np.ndarray | float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """`value` and `order_worth` from one pass over the BTYD arithmetic (the scorer needs both)."""
         x, t_x, T = summary["x"], summary["t_x"], summary["T"]
         weeks = self.horizon_days / btyd.DAYS_PER_WEEK
         alive = self.bgnbd.p_alive(x, t_x, T)
-        if_alive = self.bgnbd.expected_purchases(x, t_x, T, weeks, alive=np.ones_like(alive))
+        certain = np.ones_like(alive)
         spend = self.gamma_gamma.expected_spend(x, summary["spend_per_day"])
-        value = if_alive * alive * spend * self.margin_rate
-        lapsing = 1.0 - alive if lapsing is None else lapsing
-        return value, spend * self.margin_rate * (1.0 + lapsing * if_alive)
+        value = self.bgnbd.expected_purchases(x, t_x, T, weeks, alive=certain) * alive * spend * self.margin_rate
+        as_before = self.bgnbd.expected_purchases(x, t_x, t_x, weeks, alive=certain)
+        kept = 1.0 - alive if kept is None else kept
+        return value, spend * self.margin_rate * (1.0 + kept * as_before)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The registry's view: features in, `value` out."""
