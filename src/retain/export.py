@@ -215,6 +215,9 @@ def summarize(tables: dict, scored: pd.DataFrame, dataset: Dataset, config: Conf
             "winback": asdict(config.winback),
             "subscription": asdict(config.subscription),
             "uplift_model": scorer.uplift.kind,
+            # what the expected values rest on: the uplift version's reason, with the coupon effects measured
+            # on past campaigns (the rise in P(buy), the members kept per extra buyer) and their intervals
+            "uplift_basis": (scorer.tags or {}).get("uplift", {}).get("retain.decision_reason", ""),
         },
         "members_scored": len(scored),
         "counts_by_segment": counts(at_risk["segment"]),

@@ -170,6 +170,7 @@ def html(
         ("budget used", f"{summary['budget_used']:,.2f} of {summary['budget']:,.2f} {currency}"),
         ("expected value of the list", f"{summary['expected_value_total']:,.2f} {currency}"),
         ("coupon uplift model", summary["policy"]["uplift_model"]),
+        ("what the expected value rests on", summary["policy"].get("uplift_basis", "")),
         ("models", ", ".join(f"{k} v{v}" for k, v in summary["model_versions"].items())),
     ]
     rows = "".join(f"<tr><th>{html_text.escape(k)}</th><td>{html_text.escape(str(v))}</td></tr>" for k, v in facts)
