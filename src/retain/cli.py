@@ -150,6 +150,13 @@ def ingest(
             name, f"{counts['rows_read']:,}", f"{counts['rows_kept']:,}", f"{counts['rows_quarantined']:,}", reasons
         )
     console.print(table)
+    orders = report["tables"]["orders"]
+    console.print(
+        f"orders: {orders['orders_written']:,} written from {orders['rows_kept']:,} rows; "
+        f"{orders['guest']:,} guest rows ({orders['guest_revenue_share']:.1%} of revenue, not in the dataset); "
+        f"{orders['excluded']:,} excluded (not products); cancellations {orders['cancellations_matched']:,} "
+        f"matched, {orders['cancellations_unmatched']:,} unmatched (kept in quarantine/orders.parquet)"
+    )
 
 
 @app.command()

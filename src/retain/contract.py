@@ -15,6 +15,7 @@ ORDERED_AT = "ordered_at"
 AMOUNT = "amount"
 CATEGORY = "category"
 QUANTITY = "quantity"
+PRODUCTS = "products"
 COUPON_ID = "coupon_id"
 STATUS = "status"
 REFUNDED_AT = "refunded_at"
@@ -52,7 +53,8 @@ TABLES: dict[str, dict[str, object]] = {
         ORDERED_AT: "timestamp",
         AMOUNT: "money",
         CATEGORY: "text",
-        QUANTITY: "count",
+        QUANTITY: "count",  # items in the order
+        PRODUCTS: "count",  # distinct products in the order (line-item files)
         COUPON_ID: "text",
         STATUS: STATUSES,
         REFUNDED_AT: "timestamp",
@@ -96,6 +98,9 @@ NEGATIVE_AMOUNT = "negative_amount"
 BAD_VALUE = "bad_value"  # not one of the allowed values (status, tier, event_type, ...)
 DUPLICATE_KEY = {"orders": "duplicate_order_id", "offers": "duplicate_offer_id", "members": "duplicate_member_id"}
 FUTURE_DATE = "future_date"  # at or after --as-of
+ORDER_MEMBER_CONFLICT = "order_member_conflict"  # line items of one order id under different members
+# Not a bad row: a cancellation that matches no earlier order (kept in the quarantine file, not counted).
+UNMATCHED_CANCELLATION = "unmatched_cancellation"
 REASONS = (
     MISSING_MEMBER_ID,
     MISSING_VALUE,
@@ -105,6 +110,8 @@ REASONS = (
     BAD_VALUE,
     *DUPLICATE_KEY.values(),
     FUTURE_DATE,
+    ORDER_MEMBER_CONFLICT,
+    UNMATCHED_CANCELLATION,
 )
 QUARANTINE_REASON = "_reason"
 QUARANTINE_ROW = "_source_row"

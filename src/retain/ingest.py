@@ -5,6 +5,7 @@ with its original text, a reason code and its line number, and `ingest_report.js
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tomllib
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from retain import contract as c
+from retain import order_lines as lines
 from retain.config import DEFAULT_TIMEZONE
 from retain.dataset import atomic_folder, write_metadata, write_tables
 from retain.errors import RetainError
@@ -43,6 +45,11 @@ class TableMapping:
     columns: dict[str, str] = field(default_factory=dict)  # canonical name -> source name
     formats: dict[str, str] = field(default_factory=dict)  # canonical timestamp column -> strptime format
     defaults: dict[str, object] = field(default_factory=dict)  # canonical column -> value when the source lacks it
+    # orders only (`retain.order_lines`): one row per order or per line item; which rows are cancellations;
+    # patterns of values (per canonical column) whose rows are not purchases (postage, fees)
+    grain: str = "order"
+    cancel: lines.CancelRule = field(default_factory=lines.CancelRule)
+    exclude: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_mapping(path: Path | None) -> dict[str, TableMapping]:
@@ -59,10 +66,24 @@ def load_mapping(path: Path | None) -> dict[str, TableMapping]:
     for table, section in raw.items():
         if table not in c.TABLES:
             raise RetainError(f"Mapping file {path} has a section [{table}]; tables are {sorted(c.TABLES)}.")
+        if table != "orders" and {"grain", "cancel"} & set(section):
+            raise RetainError(f"Mapping section [{table}] in {path}: grain and cancel are for [orders] only.")
+        if "cancel" in section:
+            section = {**section, "cancel": lines.cancel_rule(section["cancel"], str(path))}
         try:
-            mappings[table] = TableMapping(**section)
+            mapping = TableMapping(**section)
         except TypeError as exc:
             raise RetainError(f"Mapping section [{table}] in {path} has an unknown key: {exc}.") from None
+        if mapping.grain not in lines.GRAINS:
+            raise RetainError(
+                f"Mapping [{table}] in {path}: grain = {mapping.grain!r}; it is one of {list(lines.GRAINS)}."
+            )
+        if mapping.grain == "order" and mapping.cancel.separate_rows:
+            raise RetainError(
+                f"Mapping [orders.cancel] in {path} marks cancellations as rows of their own (order_id_prefix, "
+                'negative_quantity): set grain = "line" so they can be matched to the lines they cancel.'
+            )
+        mappings[table] = mapping
     return mappings
 
 
@@ -97,6 +118,11 @@ def _decode(path: Path, encoding: str) -> str:
     # UTF-8 with a byte-order mark is UTF-8: utf-8-sig reads both.
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
     data = path.read_bytes()
+    if path.name.lower().endswith(".gz"):  # orders.csv.gz, as shops and warehouses export them
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise RetainError(f"{path} ends in .gz but does not decompress ({exc}); is it a gzip file?") from None
     try:
         return data.decode(codec)
     except UnicodeDecodeError as exc:
@@ -115,13 +141,15 @@ def canonicalize(
     source_name: str,
     as_of: pd.Timestamp | None,
     timezone: str = DEFAULT_TIMEZONE,
+    text: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Turn a source frame of text into (canonical rows, quarantined rows with `_reason`).
 
     `raw` has the source's columns as text plus `_source_row`. The canonical frame has the table's
     contract columns with their types; the quarantine frame keeps the original text of each bad row.
+    `text`: `raw` already renamed to canonical columns (the orders path reads some values first).
     """
-    text = _rename(raw, table, mapping, source_name)
+    text = _rename(raw, table, mapping, source_name) if text is None else text
     reason = pd.Series(pd.NA, index=text.index, dtype="string")
     typed = {}
     for column, kind in c.TABLES[table].items():
@@ -153,7 +181,7 @@ def _rename(raw: pd.DataFrame, table: str, mapping: TableMapping, source_name: s
     """Select and rename the source columns to canonical names; fill defaults; derive order ids."""
     found = [col for col in raw.columns if col != c.QUARANTINE_ROW]
     text = pd.DataFrame(index=raw.index)
-    for column in c.TABLES[table]:
+    for column in [*c.TABLES[table], *(lines.LINE_COLUMNS if table == "orders" else ())]:
         source = mapping.columns.get(column, column)
         if source in raw.columns:
             text[column] = raw[source].str.strip()
@@ -165,7 +193,12 @@ def _rename(raw: pd.DataFrame, table: str, mapping: TableMapping, source_name: s
         # No order id in the source: the row's place in its file is a stable one. Identical rows are
         # real repeat purchases, so each keeps its own id.
         text[c.ORDER_ID] = source_name + ":" + raw[c.QUARANTINE_ROW].astype(str)
-    missing = [col for col in c.REQUIRED[table] if col not in text]
+    required = c.REQUIRED[table]
+    if table == "orders" and mapping.grain == "line":  # the amount comes from the lines
+        required = [col for col in required if col != c.AMOUNT]
+        if lines.LINE_AMOUNT not in text and lines.UNIT_PRICE not in text:
+            required = [*required, lines.UNIT_PRICE]
+    missing = [col for col in required if col not in text]
     if missing:
         wanted = ", ".join(f"{col} (source column {mapping.columns.get(col, col)!r})" for col in missing)
         raise RetainError(
@@ -226,21 +259,124 @@ def _with_contract_columns(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return ordered
 
 
+def orders_result(
+    raw: pd.DataFrame, mapping: TableMapping, source_name: str, as_of: pd.Timestamp | None, timezone: str
+) -> lines.OrderRows:
+    """The orders file: guests and excluded rows counted and set apart, then each row an order (`grain =
+    "order"`) or the lines grouped into orders with their cancellations matched (`"line"`); see
+    `retain.order_lines`."""
+    text = _rename(raw, "orders", mapping, source_name)
+    text[c.STATUS] = mapping.cancel.status_text(text[c.STATUS])
+    guest = text[c.MEMBER_ID].fillna("") == ""
+    excluded = ~guest & lines.excluded_rows(text, mapping.exclude)
+    if mapping.grain == "line":
+        amount = lines.line_amounts(text)[0]
+    else:
+        amount = pd.to_numeric(text[c.AMOUNT], errors="coerce")
+    sales = amount.where(amount > 0, 0.0).fillna(0.0)[~excluded]
+    counts = {
+        lines.GUEST: int(guest.sum()),
+        "guest_revenue_share": round(float(sales[guest].sum() / sales.sum()) if sales.sum() > 0 else 0.0, 6),
+        lines.EXCLUDED: int(excluded.sum()),
+    }
+    rest = ~guest & ~excluded
+    if mapping.grain == "order":
+        rows, quarantine = canonicalize(raw[rest], "orders", mapping, source_name, as_of, timezone, text[rest])
+        no_rows = raw.iloc[:0].assign(**{c.QUARANTINE_REASON: pd.Series(dtype=str)})
+        counts |= {"lines_kept": len(rows), lines.CANCELLED: 0, lines.UNMATCHED: 0}
+        return lines.OrderRows(rows, quarantine, no_rows, counts)
+    return _line_orders(raw[rest], text[rest], mapping, as_of, timezone, counts)
+
+
+def _line_orders(
+    raw: pd.DataFrame,
+    text: pd.DataFrame,
+    mapping: TableMapping,
+    as_of: pd.Timestamp | None,
+    timezone: str,
+    counts: dict,
+) -> lines.OrderRows:
+    """Line items (no guests, nothing excluded) into orders, cancellations matched, bad lines quarantined."""
+    reason = pd.Series(pd.NA, index=text.index, dtype="string")
+    for column in (c.ORDER_ID, c.ORDERED_AT):
+        reason = reason.mask(reason.isna() & (text[column].fillna("") == ""), c.MISSING_VALUE)
+    ordered_at = shop_local(
+        text[c.ORDERED_AT].mask(text[c.ORDERED_AT] == ""), mapping.formats.get(c.ORDERED_AT), timezone
+    )
+    reason = reason.mask(reason.isna() & ordered_at.isna(), c.BAD_DATE)
+    amount, quantity, bad_number = lines.line_amounts(text)
+    reason = reason.mask(reason.isna() & (bad_number | amount.isna()), c.BAD_AMOUNT)
+    status, bad_status = _parse(text[c.STATUS], c.STATUSES, None, timezone)
+    reason = reason.fillna(bad_status)
+    if as_of is not None:
+        reason = reason.mask(reason.isna() & (ordered_at >= as_of), c.FUTURE_DATE)
+    cancel = mapping.cancel.marks(text, quantity) & reason.isna()
+    reason = reason.mask(reason.isna() & ~cancel & ((amount < 0) | (quantity < 0)), c.NEGATIVE_AMOUNT)
+
+    frame = pd.DataFrame(
+        {
+            c.ORDER_ID: text[c.ORDER_ID],
+            c.MEMBER_ID: text[c.MEMBER_ID],
+            c.ORDERED_AT: ordered_at,
+            c.AMOUNT: amount,
+            c.QUANTITY: quantity,
+            c.STATUS: status,
+            **{col: text[col] for col in (lines.PRODUCT_ID, c.CATEGORY, c.COUPON_ID) if col in text},
+        }
+    )
+    sale = reason.isna() & ~cancel
+    members = frame[sale].groupby(c.ORDER_ID)[c.MEMBER_ID].nunique()
+    conflict = sale & frame[c.ORDER_ID].isin(members.index[members > 1])
+    reason = reason.mask(conflict, c.ORDER_MEMBER_CONFLICT)
+    sale &= ~conflict
+    sale_lines = frame[sale]
+    orders = lines.group_lines(sale_lines.drop(columns=[c.STATUS]))
+    refunded = sale_lines.loc[sale_lines[c.STATUS] == c.REFUNDED, c.ORDER_ID].unique()
+    orders[c.STATUS] = np.where(orders[c.ORDER_ID].isin(refunded), c.REFUNDED, c.PAID)
+    cancels = frame[cancel]
+    matched = lines.match_cancellations(cancels, sale_lines, mapping.cancel.order_id_prefix)
+    orders = lines.apply_refunds(orders, cancels, matched)
+
+    bad = reason.notna()
+    quarantine = raw[bad].copy()
+    quarantine.insert(0, c.QUARANTINE_REASON, reason[bad].astype(str))
+    unmatched = raw[cancel][matched.isna().to_numpy()].copy()
+    unmatched.insert(0, c.QUARANTINE_REASON, c.UNMATCHED_CANCELLATION)
+    counts |= {
+        "lines_kept": int(sale.sum()),
+        lines.CANCELLED: int(matched.notna().sum()),
+        lines.UNMATCHED: int(matched.isna().sum()),
+    }
+    rows = _with_contract_columns(orders, "orders")
+    return lines.OrderRows(rows, quarantine.reset_index(drop=True), unmatched.reset_index(drop=True), counts)
+
+
 @dataclass(frozen=True)
 class TableResult:
     table: str
     rows: pd.DataFrame
-    quarantine: pd.DataFrame
+    quarantine: pd.DataFrame  # bad rows: counted against ingest.max_bad_share
     rows_read: int
+    set_aside: pd.DataFrame | None = None  # kept in the quarantine file, not bad (unmatched cancellations)
+    counts: dict = field(default_factory=dict)  # the orders' other kinds of row (retain.order_lines)
 
     def report(self) -> dict:
         reasons = self.quarantine[c.QUARANTINE_REASON].value_counts().sort_index()
-        return {
+        report = {
             "rows_read": self.rows_read,
-            "rows_kept": len(self.rows),
+            "rows_kept": self.counts.get("lines_kept", len(self.rows)),
             "rows_quarantined": len(self.quarantine),
             "quarantined_by_reason": {str(k): int(v) for k, v in reasons.items()},
         }
+        if self.counts:  # the orders: every row read is kept, quarantined, or one of these
+            report |= {key: value for key, value in self.counts.items() if key != "lines_kept"}
+            report["orders_written"] = len(self.rows)
+        return report
+
+    def quarantine_file(self) -> pd.DataFrame:
+        """What goes to quarantine/<table>.parquet: the bad rows, then the rows set aside."""
+        parts = [self.quarantine] + ([self.set_aside] if self.set_aside is not None and len(self.set_aside) else [])
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else self.quarantine
 
 
 def ingest(
@@ -266,8 +402,14 @@ def ingest(
         raw = read_source(Path(path), mapping)
         if table == "orders" and raw.empty:
             raise RetainError(f"The orders file {path} has no rows; there is nothing to ingest.")
-        rows, quarantine = canonicalize(raw, table, mapping, Path(path).name, as_of, timezone)
-        results[table] = TableResult(table, rows, quarantine, rows_read=len(raw))
+        if table == "orders":
+            orders = orders_result(raw, mapping, Path(path).name, as_of, timezone)
+            results[table] = TableResult(
+                table, orders.rows, orders.quarantine, len(raw), orders.set_aside, orders.counts
+            )
+        else:
+            rows, quarantine = canonicalize(raw, table, mapping, Path(path).name, as_of, timezone)
+            results[table] = TableResult(table, rows, quarantine, rows_read=len(raw))
     _reject_if_too_bad(results, max_bad_share)
     orders = results["orders"].rows
     observed_until = as_of if as_of is not None else orders[c.ORDERED_AT].max().normalize() + pd.Timedelta(days=1)
@@ -276,10 +418,11 @@ def ingest(
         (folder / "quarantine").mkdir()
         write_tables(folder, {table: result.rows for table, result in results.items()})
         for table, result in results.items():
-            if len(result.quarantine):
-                result.quarantine.astype(
-                    {col: str for col in result.quarantine.columns if col != c.QUARANTINE_ROW}
-                ).to_parquet(folder / "quarantine" / f"{table}.parquet", index=False)
+            quarantine = result.quarantine_file()
+            if len(quarantine):
+                quarantine.astype({col: str for col in quarantine.columns if col != c.QUARANTINE_ROW}).to_parquet(
+                    folder / "quarantine" / f"{table}.parquet", index=False
+                )
         write_metadata(folder, observed_until, currency, extra={"source": "ingest", "timezone": timezone})
         (folder / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
