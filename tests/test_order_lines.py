@@ -149,7 +149,11 @@ def test_without_products_a_cancellation_matches_its_own_order_id(tmp_path):
     mapping = mapping.replace('product_id = ["POST", "BANK CHARGES", "ADJUST*"]', "")
     counts, orders, _ = run(
         tmp_path,
-        ["900,A,2,2011-01-05 10:00:00,5.00,m1", "C900,A,-1,2011-01-07 10:00:00,5.00,m1", "C999,A,-1,2011-01-07,5.00,m1"],
+        [
+            "900,A,2,2011-01-05 10:00:00,5.00,m1",
+            "C900,A,-1,2011-01-07 10:00:00,5.00,m1",  # its own order, 900
+            "C999,A,-1,2011-01-07 10:00:00,5.00,m1",  # no order 999
+        ],
         mapping,
     )
     assert orders.loc["900", "amount"] == pytest.approx(5.0)
@@ -205,3 +209,36 @@ def test_timestamps_with_offsets_are_converted_to_the_shop_zone_and_bad_ones_qua
     assert uk.loc["o2", "ordered_at"] == pd.Timestamp("2025-03-01 02:00:00")  # GMT in March
     assert london["tables"]["orders"]["rows_kept"] == 4
     assert '"timezone": "Europe/London"' in (tmp_path / "uk" / "dataset.json").read_text()
+
+
+def test_the_simulated_shop_as_line_items_ingests_back_to_the_same_orders_and_features(small_shop, tmp_path, config):
+    from conftest import make_dataset
+
+    from retain import features
+    from retain.simulate.lines import write_line_items
+
+    orders = small_shop.read("orders")
+    source = write_line_items(orders, tmp_path / "lines", seed=3)
+    report = ingest(
+        {"orders": source},
+        tmp_path / "from_lines",
+        source.with_name("mapping.toml"),
+        as_of=small_shop.observed_until,
+        timezone="Asia/Shanghai",
+    )["tables"]["orders"]
+    assert report["rows_quarantined"] == 0 and report["cancellations_unmatched"] == 0
+    assert report["cancellations_matched"] > 0 and report["guest"] > 0 and report["excluded"] > 0
+    assert report["orders_written"] == len(orders)
+
+    back = pd.read_parquet(tmp_path / "from_lines" / "orders.parquet").set_index("order_id").loc[orders["order_id"]]
+    original = orders.set_index("order_id")
+    for column in ("member_id", "ordered_at", "category", "status", "refunded_at", "coupon_id"):
+        pd.testing.assert_series_equal(back[column], original[column], check_dtype=False, check_names=False)
+    pd.testing.assert_series_equal(back["amount"], original["amount"], rtol=1e-9, check_names=False)
+    assert (back["quantity"].to_numpy() == original["quantity"].to_numpy()).all()
+
+    as_of = small_shop.observed_until
+    from_lines = make_dataset(tmp_path, {"orders": back.reset_index()}, str(as_of), "lines_ds")
+    from_orders = make_dataset(tmp_path, {"orders": orders}, str(as_of), "orders_ds")
+    built = [features.build(ds, as_of, config.data) for ds in (from_lines, from_orders)]
+    pd.testing.assert_frame_equal(built[0], built[1], rtol=1e-9)

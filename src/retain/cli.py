@@ -56,12 +56,17 @@ def simulate(
     params: Annotated[
         str, typer.Option(help="BG/NBD parameters r,alpha,a,b (with --process bgnbd).")
     ] = "0.243,4.414,0.793,2.426",
+    grain: Annotated[
+        str, typer.Option(help="'line' also writes the orders as line items to OUT/lines/ (with their mapping).")
+    ] = "order",
     config: ConfigOption = None,
 ) -> None:
     """Simulate a shop with ground truth (truth.parquet).
 
     Example: retain simulate --members 50000 --days 730 --seed 42 --out data/demo
     """
+    if grain not in ("order", "line"):
+        raise RetainError(f"--grain must be 'order' or 'line', got {grain!r}.")
     from rich.progress import Progress
 
     from retain.simulate import simulate_bgnbd, simulate_shop
@@ -86,6 +91,14 @@ def simulate(
         raise RetainError(f"--process must be 'shop' or 'bgnbd', got {process!r}.")
     rows = ", ".join(f"{table} {n:,}" for table, n in metadata["rows"].items())
     console.print(f"wrote {out}: {rows}; observed until {metadata['observed_until'][:10]}")
+    if grain == "line":
+        from retain.dataset import open_dataset
+        from retain.simulate.lines import write_line_items
+
+        path = write_line_items(open_dataset(out).read("orders"), out / "lines", seed)
+        console.print(
+            f"wrote {path} (line items, cancellations, guests, postage); map it with {path.parent}/mapping.toml"
+        )
 
 
 def _parse_params(text: str) -> list[float]:

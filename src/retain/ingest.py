@@ -321,7 +321,11 @@ def _line_orders(
             c.AMOUNT: amount,
             c.QUANTITY: quantity,
             c.STATUS: status,
-            **{col: text[col] for col in (lines.PRODUCT_ID, c.CATEGORY, c.COUPON_ID) if col in text},
+            **{
+                col: text[col].mask(text[col] == "")
+                for col in (lines.PRODUCT_ID, c.CATEGORY, c.COUPON_ID)
+                if col in text
+            },
         }
     )
     sale = reason.isna() & ~cancel
