@@ -1,5 +1,6 @@
 """The HTTP routes of the scoring service: authenticate, validate with `retain.api`, call the worker's
-state, respond. Every bad request is a 4xx JSON body naming the field; nothing here returns a 500.
+state, respond. Every bad request is a 4xx JSON body naming the field; a failure of the service itself is a
+500 with an error id that its log line carries.
 
 The bearer check belongs to each protected route (not to a list of paths), so it holds wherever the app
 is mounted (a path prefix, `root_path` behind a proxy). CPU work (reasons computed on request, scoring
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import uuid
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -63,9 +65,14 @@ def build_app(service) -> Starlette:
                 return JSONResponse(exc.body(), exc.status)
             except RetainError as exc:  # e.g. /reload found no snapshot: the served state is unchanged
                 return JSONResponse({"error": str(exc), "field": None}, 503)
-            except Exception:  # a bug must not become a bare 500 with a traceback for the caller
-                log.exception("request failed")
-                return JSONResponse({"error": "The service failed on this request; it is logged.", "field": None}, 503)
+            except Exception:  # a bug: 500 (not retried as a 503 would be) with an id to find it in the log
+                error_id = uuid.uuid4().hex[:12]
+                log.exception("request failed (error id %s)", error_id)
+                body = {
+                    "error": f"The service failed on this request (error id {error_id}); it is logged.",
+                    "field": None,
+                }
+                return JSONResponse({**body, "error_id": error_id}, 500)
 
         return endpoint
 

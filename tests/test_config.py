@@ -16,6 +16,13 @@ def test_an_environment_variable_overrides_a_key():
     assert cfg.labels.churn_horizon_days == 60
 
 
+def test_retain_debug_and_the_other_non_config_variables_are_not_read_as_keys():
+    cfg = load_config(environ={"RETAIN_DEBUG": "1", "RETAIN_CONFIG": "retain.toml", "RETAIN_API_TOKEN": "t"})
+    assert cfg.labels.churn_horizon_days == 90
+    with pytest.raises(ConfigError, match="RETAIN_DEBUGGING"):
+        load_config(environ={"RETAIN_DEBUGGING": "1"})  # anything else is still a key, and unknown
+
+
 def test_overrides_are_typed_from_their_text():
     cfg = load_config(
         environ={

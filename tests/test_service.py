@@ -409,6 +409,25 @@ def test_reasons_computed_on_request_run_off_the_event_loop():
     assert state.on_loop is False
 
 
+def test_a_failure_of_the_service_is_a_500_with_an_error_id_its_log_carries(caplog):
+    """A bug is the service's fault, not the caller's: 500 (a 503 would be retried) with an id to find it."""
+    from starlette.testclient import TestClient
+
+    from serving.app import build_app
+
+    class Broken(StubState):
+        def score_response(self, ids):
+            raise KeyError("a bug")
+
+    with TestClient(build_app(stub_service(Broken()))) as test_client:
+        response = test_client.post("/score", json={"member_ids": ["a"]}, headers=AUTH)
+    assert response.status_code == 500
+    error_id = response.json()["error_id"]
+    assert len(error_id) == 12 and error_id in response.json()["error"]
+    assert "KeyError" not in response.text  # no internals for the caller
+    assert any(error_id in record.getMessage() for record in caplog.records)
+
+
 def test_a_failed_reload_keeps_serving_and_backs_off(monkeypatch, tmp_path):
     import threading
 

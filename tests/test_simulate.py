@@ -89,3 +89,17 @@ def test_each_offer_records_the_stage_it_found_the_member_in(small_shop):
     assert (started.loc[dead, "expected_orders"] == 0).all() and (started.loc[dead, "p_churn"] == 1).all()
     alive = stage.index[stage == 1]
     assert (started.loc[alive, "expected_orders"] > 0).all()
+
+
+def test_a_custom_process_is_the_one_the_tables_follow(tmp_path):
+    """The refund share comes from the process passed in (the oracle's), not the module's default."""
+    import dataclasses
+
+    from retain.simulate.process import PROCESS
+
+    none = simulate_shop(tmp_path / "none", 400, 200, seed=2, process=dataclasses.replace(PROCESS, refund_share=0.0))
+    half = simulate_shop(tmp_path / "half", 400, 200, seed=2, process=dataclasses.replace(PROCESS, refund_share=0.5))
+    refunded = [
+        (pd.read_parquet(tmp_path / name / "orders.parquet")["status"] == "refunded").mean() for name in ("none", "half")
+    ]
+    assert none["rows"]["orders"] > 0 and refunded[0] == 0.0 and refunded[1] > 0.2  # ordinary orders only

@@ -23,7 +23,7 @@ from retain.errors import RetainError
 DEFAULT_CONFIG_PATH = Path("retain.toml")
 ENV_PREFIX = "RETAIN_"
 # Environment variables with the prefix that are not config overrides.
-NON_OVERRIDE_ENV = {"RETAIN_API_TOKEN", "RETAIN_CONFIG"}
+NON_OVERRIDE_ENV = {"RETAIN_API_TOKEN", "RETAIN_CONFIG", "RETAIN_DEBUG"}  # read elsewhere, not config keys
 SECRET_KEYS = {"api_token", "token", "password", "secret"}
 
 

@@ -56,6 +56,7 @@ def chunk_tables(
         redeemed_order,
         offers,
         calendar,
+        p,
     )
     events = _events(rng, m, h, member_ids, order_member, ordered_us, start_us)
     joined = timestamps(start_us, m.join_day, rng.integers(0, 86_400, n))
@@ -99,7 +100,19 @@ def _suppressions(rng, member_ids, start_us, days) -> pa.Table:
 
 
 def _orders(
-    rng, chunk, m, member_ids, order_member, order_day, order_kind, ordered_us, end_us, redeemed_order, offers, calendar
+    rng,
+    chunk,
+    m,
+    member_ids,
+    order_member,
+    order_day,
+    order_kind,
+    ordered_us,
+    end_us,
+    redeemed_order,
+    offers,
+    calendar,
+    p,
 ) -> pa.Table:
     k = len(order_member)
     u = rng.random(k)
@@ -108,7 +121,7 @@ def _orders(
     amount = np.round(m.spend_level[order_member] * proc.PRICE_FACTOR[category] * rng.gamma(6.0, 1.0 / 6.0, k), 2)
     refunded_us = ordered_us + rng.integers(1, 16, k) * DAY_US
     # A refund recorded after the observed period is not known yet: the order still reads as paid.
-    refunded = (order_kind == 0) & (rng.random(k) < proc.PROCESS.refund_share) & (refunded_us < end_us)
+    refunded = (order_kind == 0) & (rng.random(k) < p.refund_share) & (refunded_us < end_us)
     promo = proc.promotion_days(calendar)[order_day]
     year = calendar.year.values[order_day]
     coupon = np.where(
