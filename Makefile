@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bench bench-serve bench-policy bench-readout bench-export bench-engine
+.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bento bench bench-serve bench-policy bench-readout bench-export bench-engine
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,11 +45,11 @@ simulate: setup ## Simulate the demo shop into data/demo (50,000 members over 73
 
 demo: setup $(DATA)/dataset.json ## Install, build the demo dataset, train and register the models, export the day's list
 	$(RETAIN) features --data $(DATA) --as-of $$($(PY) -c "import json; print(json.load(open('$(DATA)/dataset.json'))['observed_until'][:10])") --out $(DATA)/features_latest.parquet
-	$(PY) -m training --data $(DATA)
+	$(RETAIN) train --data $(DATA)
 	$(RETAIN) export --data $(DATA) --out $(OUT)
 
 train: setup $(DATA)/dataset.json ## Fit, backtest, log to MLflow and gate the models (make train DATA=data/shop)
-	$(PY) -m training --data $(DATA)
+	$(RETAIN) train --data $(DATA)
 
 export: setup ## Write the day's at-risk list, summary and report to exports/DATE/ (DATE defaults to the data's end)
 	$(RETAIN) export --data $(DATA) --out $(OUT) $(if $(DATE),--date $(DATE))
@@ -77,6 +77,10 @@ bench: setup ## Run the benchmarks (simulator, features, training); figures go t
 
 bench-serve: setup ## Serving speed against a bare BentoML endpoint, real server on 127.0.0.1 (after make train)
 	$(PY) bench/bench_serve.py
+
+bento: setup ## Build the service as a Bento (retain's wheel in dist/, dependencies from requirements.lock)
+	rm -rf dist build && uv build --wheel --quiet -o dist && rm -rf build
+	$(VENV)/bin/bentoml build
 
 bench-policy: setup ## The decision policy against three simple rules on the simulator's true profit (after make demo)
 	$(PY) bench/bench_policy.py --data $(DATA)

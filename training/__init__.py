@@ -1,1 +1,1 @@
-"""The training job (`python -m training`, run by `make train`)."""
+"""The training job (`retain train`, run by `make train`)."""

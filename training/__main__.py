@@ -1,8 +1,9 @@
-"""`python -m training [--data DIR] [--force-promote] [--config F]`: fit, backtest, log, gate, snapshot."""
+"""`python -m training ...` is `retain train ...` (the same options): kept for scripts written before it."""
 
 import sys
 
-from training.job import main
+from retain.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.argv = ["retain", "train", *sys.argv[1:]]
+    main()

@@ -8,12 +8,10 @@ the scoring service serves.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import getpass
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from rich.console import Console
 
 from retain import backtest, btyd, decisions, plots, promotion, snapshot
 from retain import uplift as uplift_models
-from retain.config import Config, LightGBMConfig, load_config
+from retain.config import Config, LightGBMConfig
 from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
@@ -43,29 +41,12 @@ from retain.value import ValueModel, fit_value_model
 console = Console(stderr=True, soft_wrap=True)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m training",
-        description="Fit, backtest and register the churn and repurchase models (make train).",
-        epilog="Example: python -m training --data data/demo",
-    )
-    parser.add_argument("--data", type=Path, help="dataset folder (default: data.dataset in retain.toml)")
-    parser.add_argument("--force-promote", action="store_true", help="make the new models champion, bypassing the gate")
-    parser.add_argument("--config", type=Path, help="config file (default: ./retain.toml or $RETAIN_CONFIG)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = load_config(args.config)
-        dataset = open_dataset(args.data or Path(config.data.dataset))
-        results = train(dataset, config, force=args.force_promote)
-    except RetainError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False)
-        return exc.exit_code
+def run(data: Path | None, config: Config, force: bool = False) -> list[dict]:
+    """`retain train`: the job on `data` (default `data.dataset`), then the held-out table on the terminal."""
+    dataset = open_dataset(data or Path(config.data.dataset))
+    results = train(dataset, config, force=force)
     Console(width=160).print(backtest.results_table(results, title="held-out evaluation (make train)"))
-    return 0
+    return results
 
 
 def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
@@ -392,7 +373,3 @@ def log_plots(registry: Registry, task: str, y, scores: dict, refit: backtest.Fi
     ]:
         registry.log_figure(figure, f"plots/{name}")
         plots.close(figure)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -243,6 +243,23 @@ def backtest(
 
 
 @app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
+    force_promote: Annotated[
+        bool, typer.Option("--force-promote", help="Make the new models champion, bypassing the gate.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Fit, backtest, log to MLflow and gate the models; register the champions; write the serving snapshot.
+
+    Example: retain train --data data/demo
+    """
+    from training.job import run
+
+    run(data, settings(config), force=force_promote)
+
+
+@app.command()
 def export(
     date: Annotated[
         str | None, typer.Option(help="The day to export, YYYY-MM-DD (default: the dataset's observed_until).")
@@ -379,14 +396,12 @@ def serve(
             f'serving.path_prefix must start with "/" and not end with one, like "/retain"; got {prefix!r}.'
         )
     check_servable(cfg)
-    root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "RETAIN_SERVING_WORKERS": str(workers or cfg.serving.workers),
         "RETAIN_SERVING_HOST": host,
         "RETAIN_SERVING_PATH_PREFIX": prefix,
         "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
     if config:
         env["RETAIN_CONFIG"] = str(config.resolve())
@@ -415,7 +430,7 @@ def check_servable(cfg: Config) -> None:
     if missing:
         raise RetainError(
             f"There is no champion for {', '.join(missing)} in {cfg.mlflow.tracking_uri} yet; "
-            "run `make train` (python -m training --data ...) first."
+            "run `make train` (retain train --data ...) first."
         )
     if snapshot.served_as_of(Path(cfg.serving.snapshot_dir)) is None:
         raise RetainError(
