@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from retain import files
 from retain.config import Config, load_config
 from retain.errors import RetainError
 
@@ -192,9 +193,7 @@ def features(
     with open_engine(cfg) as engine:
         frame = engine.features(dataset, cutoff)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    frame.to_parquet(tmp)
-    tmp.replace(out)
+    files.write_file(out, frame.to_parquet)
     console.print(feature_summary(frame, cutoff))
     console.print(f"wrote {out}: {len(frame):,} members x {frame.shape[1]} features")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,14 +110,9 @@ def atomic_folder(out: Path) -> Iterator[Path]:
     is refused, never deleted."""
     out = Path(out)
     files.check_replaceable(out, METADATA_FILE, "retain dataset")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{files.unique_suffix()}-", dir=out.parent))
-    try:
+    with files.staging_folder(out) as tmp:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes 0700; a dataset folder reads like any folder the user makes
         files.fsync_tree(tmp)
         files.check_replaceable(out, METADATA_FILE, "retain dataset")  # again: it may have changed meanwhile
         files.replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

@@ -163,16 +163,12 @@ def run(
         campaigns = readout.readout(outcomes, config, days, readout.predicted_values(out))
 
         step("writing the files")
-        temp = out / f".{final.name}.tmp-{files.unique_suffix()}"
-        temp.mkdir()
-        try:
+        with files.staging_folder(final) as temp:
             page = report.html(tables, scored, summary, scorer, config, campaigns)
             write_files(temp, tables, summary, page, campaigns, csv=csv)
             files.restrict(temp, mode)
             files.fsync_tree(temp)
             status = commit(temp, final, force)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
         step("writing the day's snapshot for the service")
         frame = features.join(scored.drop(columns="status")).join(reasons)
         folder = Path(config.serving.snapshot_dir)

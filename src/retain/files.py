@@ -1,5 +1,14 @@
 """Writing on a user's machine without losing or exposing anything.
 
+The two ways retain writes, each in one step (a reader sees the old version or the new one, never part):
+
+- `write_file(path, write)`: a file, written to a temporary name beside it, flushed, renamed over it;
+- `staging_folder(out)`: a temporary folder beside `out` to write a whole folder into, flushed
+  (`fsync_tree`) and moved into place (`replace_folder`, or the caller's own rule) before the block
+  ends; removed whatever happens.
+
+And what they are built on:
+
 - `check_replaceable`: retain replaces only a folder it wrote itself (one holding its marker file), an
   empty folder, or nothing; never a symbolic link, never a folder of the user's.
 - `replace_folder`: move a finished folder into place; the old one is moved aside, then removed.
@@ -18,8 +27,9 @@ import fcntl
 import os
 import shutil
 import socket
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from retain.errors import RetainError
@@ -65,6 +75,38 @@ def replace_folder(new: Path, out: Path) -> None:
     else:
         new.rename(out)
     fsync_path(out.parent)
+
+
+def write_file(path: Path, write: Callable[[Path], object], mode: int | None = None) -> Path:
+    """Write `path` in one step: `write(tmp)` fills a temporary file beside it, which gets `mode` (when
+    given), is flushed to disk and renamed over `path`; then the folder is flushed. A crash leaves the old
+    file whole (and at most a `.<name>.tmp-*` file beside it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{unique_suffix()}")
+    try:
+        write(tmp)
+        if mode is not None:
+            tmp.chmod(mode)
+        fsync_path(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `out` (`.<name>.tmp-<unique>-*`), removed when the block ends: write
+    the whole folder into it, then, inside the block, `fsync_tree` it and move it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{unique_suffix()}-", dir=out.parent))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def unique_suffix() -> str:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from retain import api, snapshot
+from retain import api, files, snapshot
 from retain.config import Config
-from retain.files import process_alive
 from retain.scoring import Scorer
 
 GENERATION_FILE = "GENERATION"
@@ -134,16 +133,14 @@ class WorkerRegistry:
 
     def publish(self, state: ServingState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{os.getpid()}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(state.describe()), encoding="utf-8")
-        tmp.replace(path)
+        text = json.dumps(state.describe())
+        files.write_file(self.folder / f"{os.getpid()}.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def live(self) -> list[dict]:
         workers = []
         for path in sorted(self.folder.glob("*.json")):
             try:
-                if process_alive(int(path.stem)):  # is that worker still running?
+                if files.process_alive(int(path.stem)):  # is that worker still running?
                     workers.append(json.loads(path.read_text(encoding="utf-8")))
             except (ValueError, json.JSONDecodeError, FileNotFoundError):
                 continue
@@ -164,7 +161,5 @@ class Generation:
 
     def bump(self) -> int:
         value = self.read() + 1
-        tmp = self.path.with_name(f".{GENERATION_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(f"{value}\n", encoding="utf-8")
-        tmp.replace(self.path)
+        files.write_file(self.path, lambda tmp: tmp.write_text(f"{value}\n", encoding="utf-8"))
         return value

@@ -55,23 +55,11 @@ def write(
     table = pa.Table.from_pandas(frame, preserve_index=True)
     meta = {"as_of": as_of.isoformat(), "model_versions": versions, "dataset_fingerprint": fingerprint}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"retain": json.dumps(meta).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{files.unique_suffix()}")
-    pq.write_table(table, tmp)
-    publish(tmp, path, file_mode)
+    files.write_file(path, lambda tmp: pq.write_table(table, tmp), file_mode)
     served = served_as_of(folder)
     if serve or served is None or as_of >= served:
-        pointer = folder / f".{CURRENT}.tmp-{files.unique_suffix()}"
-        pointer.write_text(path.name + "\n", encoding="utf-8")
-        publish(pointer, folder / CURRENT, file_mode)
+        files.write_file(folder / CURRENT, lambda tmp: tmp.write_text(path.name + "\n", encoding="utf-8"), file_mode)
     return path
-
-
-def publish(tmp: Path, path: Path, file_mode: int) -> None:
-    """Give `tmp` its mode, flush it, rename it to `path` and flush the folder."""
-    tmp.chmod(file_mode)
-    files.fsync_path(tmp)
-    tmp.replace(path)
-    files.fsync_path(path.parent)
 
 
 def served_as_of(folder: Path) -> pd.Timestamp | None:
