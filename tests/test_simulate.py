@@ -103,3 +103,32 @@ def test_a_custom_process_is_the_one_the_tables_follow(tmp_path):
         simulate_shop(out, 400, 200, seed=2, process=dataclasses.replace(PROCESS, refund_share=share))
         refunded[share] = (pd.read_parquet(out / "orders.parquet")["status"] == "refunded").mean()
     assert refunded[0.0] == 0.0 and refunded[0.5] > 0.2  # of ordinary orders (renewals are not refunded)
+
+
+def test_the_simulated_shop_follows_the_configured_promotion_calendar(tmp_path):
+    """One calendar: a shop whose only promotion is 03-01..03-10 sells more then, and nothing special on 618."""
+    import dataclasses
+
+    from retain import promotions
+    from retain.simulate.process import PROCESS
+
+    march = dataclasses.replace(PROCESS, promotion_windows=(("03-01", "03-10"),))
+    simulate_shop(tmp_path / "march", 1500, 365, seed=4, start=pd.Timestamp("2024-01-01"), process=march)
+    days = pd.read_parquet(tmp_path / "march" / "orders.parquet")["ordered_at"].dt.normalize().value_counts()
+    around = lambda first, last: days.reindex(pd.date_range(first, last), fill_value=0).mean()  # noqa: E731
+    # against the ten days before and after each window (members join over the year: compare neighbours)
+    assert (
+        around("2024-03-01", "2024-03-10")
+        > 1.5 * (around("2024-02-20", "2024-02-29") + around("2024-03-11", "2024-03-20")) / 2
+    )
+    assert (
+        around("2024-06-09", "2024-06-18")
+        < 1.2 * (around("2024-05-30", "2024-06-08") + around("2024-06-19", "2024-06-28")) / 2
+    )
+    assert promotions.last_days(pd.date_range("2024-11-08", "2024-11-12"), (("11-01", "11-11"),), 3).tolist() == [
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]

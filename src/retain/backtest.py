@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from retain import features as feature_builder
-from retain import labels, models, selection
+from retain import labels, models, promotions, selection
 from retain.config import Config, LightGBMConfig
 from retain.dataset import Dataset
 from retain.errors import RetainError
@@ -96,7 +96,7 @@ class Snapshots:
         frame, self._bgnbd[as_of] = models.add_btyd_features(
             self.base_features(as_of), horizon_days, self._bgnbd.get(as_of)
         )
-        return frame.assign(**models.promotion_days_ahead(as_of, horizon_days, self.config.data.promotion_windows))
+        return frame.assign(**promotions.days_ahead(as_of, horizon_days, self.config.data.promotion_windows))
 
     def bgnbd(self, as_of: pd.Timestamp):
         return self._bgnbd[as_of]

@@ -6,6 +6,7 @@ sentence and exits 2; nothing prints a traceback unless RETAIN_DEBUG=1.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,10 @@ def simulate(
         values = _parse_params(params)
         metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day)
     elif process == "shop":
+        from retain.simulate.process import PROCESS
+
+        windows = tuple(tuple(window) for window in settings(config).data.promotion_windows)  # one calendar
+        shop = dataclasses.replace(PROCESS, promotion_windows=windows)
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("simulating members", total=None)
             metadata = simulate_shop(
@@ -86,6 +91,7 @@ def simulate(
                 seed,
                 start=start_day,
                 currency=settings(config).data.currency,
+                process=shop,
                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
             )
     else:

@@ -6,7 +6,6 @@ Frames in, frames out: every function takes feature frames indexed by `member_id
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -61,26 +60,6 @@ def btyd_feature_arrays(model: btyd.BGNBD, summary: dict[str, np.ndarray], horiz
         "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks, alive),
         "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks, alive),
     }
-
-
-def promotion_days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: list[list[str]]) -> dict[str, int]:
-    return dict(_promotion_days_ahead(pd.Timestamp(as_of), horizon_days, tuple(tuple(w) for w in windows)))
-
-
-@functools.lru_cache(maxsize=256)  # a pure calendar function, asked for the same day on every request
-def _promotion_days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: tuple) -> tuple:
-    """Days of each promotion window (618, Double 11, ...) in [as_of, as_of + horizon): known in advance.
-
-    One feature per window, named after its dates (`promo_days_ahead_1101_1111`), because the promotions
-    differ in strength and the model can only learn that when it can tell them apart.
-    """
-    days = pd.date_range(as_of, periods=horizon_days, freq="D")
-    md = days.month * 100 + days.day
-    out = {}
-    for lo, hi in windows:
-        start, end = (int(text.replace("-", "")) for text in (lo, hi))
-        out[f"promo_days_ahead_{start:04d}_{end:04d}"] = int(((md >= start) & (md <= end)).sum())
-    return tuple(out.items())
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from retain import btyd, decisions, models, reason_text
+from retain import btyd, decisions, models, promotions, reason_text
 from retain.config import Config
 from retain.uplift import UpliftModel
 from retain.value import ValueModel
@@ -40,7 +40,7 @@ def task_probability(
     horizon = getattr(config.labels, f"{model.task}_horizon_days")
     extra = {
         **models.btyd_feature_arrays(model.bgnbd, summary, model.horizon_days),
-        **models.promotion_days_ahead(as_of, model.horizon_days, config.data.promotion_windows),
+        **promotions.days_ahead(as_of, model.horizon_days, config.data.promotion_windows),
     }
     matrix = column.matrix(model.feature_names)
     for j, name in enumerate(model.feature_names):
@@ -95,9 +95,7 @@ class Scorer:
         """The task model's input: features plus BG/NBD features at its horizon with its stored fit."""
         model = self.model(task)
         frame, _ = models.add_btyd_features(features, model.horizon_days, model.bgnbd)
-        return frame.assign(
-            **models.promotion_days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows)
-        )
+        return frame.assign(**promotions.days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows))
 
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a

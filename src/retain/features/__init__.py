@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from retain import contract as c
+from retain import promotions
 from retain.config import DataConfig
 from retain.dataset import Dataset
 from retain.features.categories import category_mix_aggregates, category_mix_summary, cycles_sql, quote
@@ -149,22 +150,6 @@ def _join_families(con: duckdb.DuckDBPyConnection, names: list[str], data_config
     return frame.set_index(c.MEMBER_ID)
 
 
-def promotion_condition(windows: list[list[str]]) -> str:
-    """SQL that is true when `ordered_at` falls in a promotion window (MM-DD ranges, inclusive).
-
-    Compared as the number month * 100 + day: measured far cheaper than formatting each date as text.
-    """
-    if not windows:
-        return "FALSE"
-    md = "(month(ordered_at) * 100 + day(ordered_at))"
-    return "(" + " OR ".join(f"{md} BETWEEN {_month_day(lo)} AND {_month_day(hi)}" for lo, hi in windows) + ")"
-
-
-def _month_day(text: str) -> int:
-    month, day = text.split("-")
-    return int(month) * 100 + int(day)
-
-
 def aggregates_query(source: str, aggregate_lists: list[str]) -> str:
     """One GROUP BY member_id over `source` computing every list of aggregates (SQL with comments allowed)."""
     lists = ["\n".join(ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")) for sql in aggregate_lists]
@@ -175,7 +160,7 @@ def sql_params(as_of: pd.Timestamp, promotion_windows: list[list[str]] = ()) -> 
     """The literals the SQL files' placeholders stand for (`:as_of`, `:promo_condition`)."""
     return {
         ":as_of": f"TIMESTAMP '{pd.Timestamp(as_of).isoformat(sep=' ')}'",
-        ":promo_condition": promotion_condition(list(promotion_windows)),
+        ":promo_condition": promotions.sql_condition(list(promotion_windows)),
     }
 
 

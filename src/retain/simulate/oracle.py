@@ -43,7 +43,7 @@ def oracle_probabilities(
     a = (pd.Timestamp(as_of) - start).days
     t = truth[truth["join_day"] < a]
     calendar = pd.date_range(pd.Timestamp(as_of), periods=horizon_days, freq="D")
-    season_regular, season_promo = proc.season(calendar)
+    season_regular, season_promo = proc.season(calendar, process)
     hazard = proc.cycle_hazard_table(process, max_days=a + horizon_days + 200)
     cycle_index = np.searchsorted(proc.CYCLE_DAYS, t["cycle_days"].to_numpy())
     has_cycle = t["cycle_days"].to_numpy() > 0

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from retain import promotions
+
 CATEGORIES = ("家电3C", "美妆个护", "服饰鞋包", "食品", "母婴", "家居智能", "健康器械")
 REPLENISHMENT = ("母婴", "美妆个护", "食品")
 PRICE_FACTOR = np.array([2.6, 1.0, 1.3, 0.45, 0.9, 1.9, 1.5])  # order value relative to the member's level
 CYCLE_DAYS = np.array([14, 21, 30, 45, 60])
-PROMOTION_WINDOWS = (((6, 1), (6, 18)), ((11, 1), (11, 11)))  # 618 and Double 11, inclusive
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class ShopProcess:
     campaign_min_recency_days: int = 60  # members this long without an order are campaign targets
     campaign_share: float = 0.15
     control_share: float = 0.2  # of targeted members, held out at random
+    # the shop's promotions (618, Double 11), as `data.promotion_windows` writes them; `retain simulate`
+    # sets them from retain.toml, so the simulated shop and the features share one calendar
+    promotion_windows: tuple[tuple[str, str], ...] = (("06-01", "06-18"), ("11-01", "11-11"))
     coupon_values: tuple[float, ...] = (10.0, 30.0, 50.0)
     coupon_thresholds: tuple[float, ...] = (100.0, 200.0, 300.0)
     join_share_of_period: float = 0.92  # members join uniformly over this share of the period
@@ -54,21 +58,16 @@ class ShopProcess:
 PROCESS = ShopProcess()
 
 
-def promotion_days(days: pd.DatetimeIndex) -> np.ndarray:
-    """True on 618 and Double 11 promotion days."""
-    md = days.month * 100 + days.day
-    hit = np.zeros(len(days), dtype=bool)
-    for (m1, d1), (m2, d2) in PROMOTION_WINDOWS:
-        hit |= (md >= m1 * 100 + d1) & (md <= m2 * 100 + d2)
-    return hit
+def promotion_days(days: pd.DatetimeIndex, process: ShopProcess = PROCESS) -> np.ndarray:
+    """True on the process's promotion days."""
+    return promotions.in_windows(days, process.promotion_windows)
 
 
-def season(days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Daily intensity multipliers (regular members, promotion-only members), peaking on 6/18 and 11/11."""
-    promo = promotion_days(days)
-    peak = ((days.month == 6) & (days.day >= 16) & (days.day <= 18)) | (
-        (days.month == 11) & (days.day >= 9) & (days.day <= 11)
-    )
+def season(days: pd.DatetimeIndex, process: ShopProcess = PROCESS) -> tuple[np.ndarray, np.ndarray]:
+    """Daily intensity multipliers (regular members, promotion-only members), peaking on the last three days
+    of each promotion (6/16-6/18, 11/9-11/11)."""
+    promo = promotion_days(days, process)
+    peak = promotions.last_days(days, process.promotion_windows, 3)
     regular = 1.0 + 0.8 * promo + 2.0 * peak
     promo_only = np.where(promo, 5.0, 0.06) + 6.0 * peak
     return regular, promo_only

@@ -166,7 +166,7 @@ class History:
 def run_days(rng: np.random.Generator, m: Members, calendar: pd.DatetimeIndex, p: proc.ShopProcess) -> History:
     """Step every member through the calendar: orders, renewals, browsing, campaigns, stage changes."""
     n, days = len(m.rate), len(calendar)
-    season_regular, season_promo = proc.season(calendar)
+    season_regular, season_promo = proc.season(calendar, p)
     hazard = proc.cycle_hazard_table(p, max_days=days + 60)
     joined_order = np.argsort(m.join_day, kind="stable")
     h = History(*([] for _ in range(12)), disengaged_day=np.full(n, -1), died_day=np.full(n, -1))

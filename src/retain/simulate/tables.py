@@ -122,7 +122,7 @@ def _orders(
     refunded_us = ordered_us + rng.integers(1, 16, k) * DAY_US
     # A refund recorded after the observed period is not known yet: the order still reads as paid.
     refunded = (order_kind == 0) & (rng.random(k) < p.refund_share) & (refunded_us < end_us)
-    promo = proc.promotion_days(calendar)[order_day]
+    promo = proc.promotion_days(calendar, p)[order_day]
     year = calendar.year.values[order_day]
     coupon = np.where(
         promo & (rng.random(k) < 0.6),
