@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from retain import api
 from retain.errors import RetainError
-from serving.openapi import OPENAPI
+from serving import openapi as openapi_document
 
 log = logging.getLogger("retain.serving")
 
@@ -96,8 +96,10 @@ def build_app(service) -> Starlette:
         fresh = await asyncio.to_thread(service.reload)
         return JSONResponse({"reloaded": True, **fresh.describe()})
 
+    document = openapi_document.document(service.config.serving)  # the configured request limits
+
     async def openapi(request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+        return JSONResponse(document)
 
     return Starlette(
         routes=[

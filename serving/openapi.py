@@ -1,4 +1,9 @@
-"""The OpenAPI document of the service's own routes (served at /openapi.json, used by schemathesis)."""
+"""The OpenAPI document of the service's own routes (served at /openapi.json, used by schemathesis); the
+request limits are the configured ones (`serving.max_ids_per_request`, `serving.max_members_per_request`)."""
+
+import copy
+
+from retain.config import ServingConfig
 
 BEARER = [{"bearer": []}]
 ERROR = {
@@ -30,7 +35,7 @@ SCORE_REQUEST = {
         "member_ids": {
             "type": "array",
             "minItems": 1,
-            "maxItems": 10000,
+            "maxItems": ServingConfig.max_ids_per_request,  # the defaults; `document` sets the configured
             "uniqueItems": True,
             "items": {"type": "string", "minLength": 1},
         }
@@ -44,7 +49,7 @@ SCORE_FEATURES_REQUEST = {
         "members": {
             "type": "array",
             "minItems": 1,
-            "maxItems": 1000,
+            "maxItems": ServingConfig.max_members_per_request,
             "items": {
                 "type": "object",
                 "required": ["member_id"],
@@ -85,3 +90,14 @@ OPENAPI = {
         },
     },
 }
+
+
+def document(serving: ServingConfig) -> dict:
+    """The OpenAPI document with the request limits of `serving`."""
+    doc = copy.deepcopy(OPENAPI)
+    paths = doc["paths"]
+    body = paths["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body["properties"]["member_ids"]["maxItems"] = serving.max_ids_per_request
+    body = paths["/score_features"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body["properties"]["members"]["maxItems"] = serving.max_members_per_request
+    return doc

@@ -534,3 +534,14 @@ def test_retain_serve_refuses_anonymous_mode_on_a_public_address(store):
     )
     assert result.returncode == 2 and "Refusing to serve 0.0.0.0 without a token" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_openapi_document_states_the_configured_request_limits():
+    from retain.config import ServingConfig
+    from serving.openapi import document
+
+    doc = document(ServingConfig(max_ids_per_request=5, max_members_per_request=2))
+    score = doc["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    features = doc["paths"]["/score_features"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert score["properties"]["member_ids"]["maxItems"] == 5
+    assert features["properties"]["members"]["maxItems"] == 2

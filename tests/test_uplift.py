@@ -228,3 +228,15 @@ def test_a_fitted_uplift_model_replaces_the_prior_only_when_its_qini_interval_is
     assert not spans and "not above 0" in why
     assert not uplift_earns_its_place({"estimate": 0.1, "ci_low": float("nan"), "ci_high": float("nan")})[0]
     assert not uplift_earns_its_place(None)[0]
+
+
+def test_the_arms_grow_the_trees_the_config_says(config):
+    x, offers, _ = synthetic_offers(6000, seed=5)
+    small = dataclasses.replace(
+        config, winback=dataclasses.replace(config.winback, uplift_rounds=20, uplift_num_leaves=3, min_treated=100)
+    )
+    model = uplift.fit_uplift(x, offers, small, seed=7)
+    for arm in (model.treated, model.control):
+        assert arm.num_trees() == 20
+        leaves = arm.dump_model()["tree_info"]
+        assert max(tree["num_leaves"] for tree in leaves) <= 3

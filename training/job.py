@@ -218,8 +218,8 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
                 "uses_coupon_value": model.uses_value,
                 "redeem_share": round(model.redeem_share, 6),
                 "dataset_fingerprint": dataset.fingerprint,
-                **{f"lightgbm.{k}": v for k, v in {**config.lightgbm.params(), **uplift_models.ARM_SETTINGS}.items()},
-                "rounds": uplift_models.ROUNDS,
+                **{f"lightgbm.{k}": v for k, v in uplift_models.arm_params(config, seed).items()},
+                "rounds": w.uplift_rounds,
             }
         )
         registry.log_metrics({k: v for k, v in metrics.items() if v == v})

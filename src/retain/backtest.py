@@ -22,8 +22,6 @@ from retain.dataset import Dataset
 from retain.errors import RetainError
 from retain.evaluation import evaluate, paired_bootstrap_auc_gain
 
-MIN_HISTORY_DAYS = 60  # the earliest snapshot leaves this much order history before it
-
 
 @dataclass(frozen=True)
 class SnapshotPlan:
@@ -51,7 +49,7 @@ def plan_snapshots(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int, con
     horizon by itself).
     """
     t = config.training
-    earliest = pd.Timestamp(dataset.metadata["first_order_at"]).normalize() + pd.Timedelta(days=MIN_HISTORY_DAYS)
+    earliest = pd.Timestamp(dataset.metadata["first_order_at"]).normalize() + pd.Timedelta(days=t.min_history_days)
     month_starts = list(reversed(pd.date_range(earliest, as_of, freq="MS")))  # latest first
 
     def dates(h: int) -> list[pd.Timestamp]:

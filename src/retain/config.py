@@ -73,6 +73,7 @@ class TrainingConfig:
     max_ece: float = 0.03
     min_repeat_members: int = 200
     seed: int = 7
+    min_history_days: int = 60  # the earliest snapshot leaves this much order history before it
 
 
 # The model candidates, simplest first (`retain.selection` says what each is). By default a shop
@@ -113,7 +114,7 @@ class LightGBMConfig:
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
     lambda_l2: float = 1.0
-    num_threads: int = 2
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # default: the machine's cores
     max_trees: int = 1000
     early_stopping_rounds: int = 30
 
@@ -181,6 +182,11 @@ class WinbackConfig:
     min_treated: int = 1000
     min_control: int = 200
     holdout_days: int = 90
+    # the T-learner's two arms: the [lightgbm] settings with these, and a fixed number of trees (each arm
+    # has tens of thousands of rows at most and a weak signal)
+    uplift_learning_rate: float = 0.05
+    uplift_num_leaves: int = 7
+    uplift_rounds: int = 150
     # The overlap rule: a learnt uplift only for members inside the range past campaigns' members had on
     # these features (between their overlap_quantile and 1 - overlap_quantile); the prior elsewhere.
     overlap_features: list[str] = field(

@@ -26,7 +26,6 @@ from retain.errors import RetainError
 # Small, slow trees: on CDNOW (sparse, order-only) they beat BG/NBD at every cutoff tried where the
 # defaults (31 leaves, rate 0.05) did not on PR-AUC; on the demo shop they are as good (bench/README.md).
 # The values live in retain.toml ([lightgbm]); these are the defaults, for callers without a config.
-LIGHTGBM_PARAMS = LightGBMConfig().params()
 RFM_COLUMNS = ["recency_days", "frequency", "monetary_mean"]
 BTYD_COLUMNS = ["bgnbd_p_alive", "bgnbd_expected_purchases", "bgnbd_p_purchase"]
 # An anchored model starts from BG/NBD's log-odds, read from P(any purchase in the horizon) or from the
@@ -60,6 +59,11 @@ def btyd_feature_arrays(model: btyd.BGNBD, summary: dict[str, np.ndarray], horiz
         "bgnbd_expected_purchases": model.expected_purchases(x, t_x, T, weeks, alive),
         "bgnbd_p_purchase": model.p_any_purchase(x, t_x, T, weeks, alive),
     }
+
+
+# Platt scaling is unregularised (C this large): two parameters fitted on thousands of rows, which the
+# calibration slice decides; not a knob. (The RFM baseline keeps scikit-learn's default, as analysts run it.)
+PLATT_C = 1e6
 
 
 @dataclass
@@ -145,7 +149,7 @@ class TaskModel:
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-row feature contributions to the raw score (log-odds), one column per feature."""
         # not taken from the booster's params: pass it, it halves the time
-        threads = self.metadata.get("num_threads", LIGHTGBM_PARAMS["num_threads"])
+        threads = self.metadata.get("num_threads", 0)  # 0: LightGBM takes every core
         matrix, trees = self.matrix(frame), self.metadata.get("trees")
         weight = POOL_WEIGHT if self.linear else 1.0
         if self.linear:  # each term of the regression, against its training mean (0: standardised)
@@ -251,7 +255,7 @@ def fit_task_model(
             else 0
         )
         metadata["anchor_mean"] = float(init_train.mean())
-    model = TaskModel(task, horizon_days, names, booster, LogisticRegression(C=1e6), bgnbd, metadata)
+    model = TaskModel(task, horizon_days, names, booster, LogisticRegression(C=PLATT_C), bgnbd, metadata)
     model.calibrator.fit(model.raw_score(calibration).reshape(-1, 1), y_calibration.to_numpy())
     return model
 
@@ -289,7 +293,7 @@ def fit_pooled_model(
     names = [col for col in train.columns if col != "snapshot_as_of"]
     init_train = btyd_anchor(train[anchor].to_numpy(), task, anchor)
     metadata = {"anchor": anchor, "linear": linear, "trees": 0, "anchor_mean": float(init_train.mean())}
-    model = TaskModel(task, horizon_days, names, None, LogisticRegression(C=1e6), bgnbd, metadata)
+    model = TaskModel(task, horizon_days, names, None, LogisticRegression(C=PLATT_C), bgnbd, metadata)
     model.calibrator.fit(model.raw_score(calibration).reshape(-1, 1), y_cal)
     return model
 

@@ -39,10 +39,17 @@ from retain.dataset import Dataset
 from retain.features import dataset_connection
 
 COUPON_VALUE = "coupon_value"
-# Each arm: the configured LightGBM settings ([lightgbm] in retain.toml) with smaller trees and a slower
-# rate, and a fixed number of trees: each arm has tens of thousands of rows at most and a weak signal.
-ARM_SETTINGS = {"learning_rate": 0.05, "num_leaves": 7}
-ROUNDS = 150
+
+
+def arm_params(config: Config, seed: int) -> dict:
+    """Each arm's LightGBM parameters: [lightgbm] with the smaller trees and slower rate of [winback]."""
+    w = config.winback
+    return {
+        **config.lightgbm.params(),
+        "learning_rate": w.uplift_learning_rate,
+        "num_leaves": w.uplift_num_leaves,
+        "seed": seed,
+    }
 
 
 @dataclass
@@ -289,11 +296,11 @@ def fit_uplift(
     matrix = x.to_numpy(dtype=np.float64, na_value=np.nan)
     values = offers[c.VALUE].to_numpy(dtype=float)
     uses_value = len(np.unique(values[treated & ~np.isnan(values)])) > 1
-    params = {**config.lightgbm.params(), **ARM_SETTINGS, "seed": seed}
+    params, rounds = arm_params(config, seed), config.winback.uplift_rounds
     treated_x = np.column_stack([matrix[treated], values[treated]]) if uses_value else matrix[treated]
     treated_names = [*names, COUPON_VALUE] if uses_value else names
-    treated_booster = lgb.train(params, lgb.Dataset(treated_x, bought[treated], feature_name=treated_names), ROUNDS)
-    control_booster = lgb.train(params, lgb.Dataset(matrix[~treated], bought[~treated], feature_name=names), ROUNDS)
+    treated_booster = lgb.train(params, lgb.Dataset(treated_x, bought[treated], feature_name=treated_names), rounds)
+    control_booster = lgb.train(params, lgb.Dataset(matrix[~treated], bought[~treated], feature_name=names), rounds)
     buyers = treated & (bought == 1)
     redeem_share = float(offers["redeemed"].to_numpy()[buyers].mean()) if buyers.any() else w.redeem_rate
     q = w.overlap_quantile
