@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from retain import features
+from retain import connection, features
 from retain.config import load_config
 from retain.dataset import open_dataset
 
@@ -54,10 +54,10 @@ def run_step(step: str, path: Path, as_of: pd.Timestamp) -> dict:
     started = time.perf_counter()
     if step in ("reference_rfm", "reference_events"):
         sql = REFERENCE_RFM if step == "reference_rfm" else REFERENCE_EVENTS
-        con = features.connect()
+        con = connection.connect()
         rows = len(con.sql(sql.format(path=path, as_of=as_of)).df())
     elif step == "core":
-        with features.dataset_connection(dataset) as (con, _):
+        with connection.dataset_connection(dataset) as (con, _):
             features.prepare(con, as_of)
             core = features.aggregates_query("paid", [features.read_sql("core")])
             rows = len(con.sql(features.bind(core, features.sql_params(as_of))).df())

@@ -22,6 +22,7 @@ from rich.console import Console
 from retain import backtest, btyd, decisions, plots, promotion, snapshot
 from retain import uplift as uplift_models
 from retain.config import Config, LightGBMConfig
+from retain.connection import dataset_connection
 from retain.dataset import Dataset, open_dataset
 from retain.engine import open_engine
 from retain.errors import RetainError
@@ -33,9 +34,9 @@ from retain.evaluation import (
     qini_interval,
     uplift_calibration,
 )
-from retain.features import dataset_connection
 from retain.registry import CHALLENGER, CHAMPION, Registry
 from retain.scoring import MODELS, task_probability
+from retain.simulate.oracle import oracle_for
 from retain.value import ValueModel, fit_value_model
 
 console = Console(stderr=True, soft_wrap=True)
@@ -52,7 +53,7 @@ def run(data: Path | None, config: Config, force: bool = False) -> list[dict]:
 def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
     """Run the job for both tasks; return the held-out results (one per task)."""
     with open_engine(config) as engine:
-        return train_with(dataset, config, force, backtest.Snapshots(dataset, config, engine))
+        return train_with(dataset, config, force, backtest.Snapshots(dataset, config, engine, oracle_for(dataset)))
 
 
 def train_with(dataset: Dataset, config: Config, force: bool, snapshots: backtest.Snapshots) -> list[dict]:

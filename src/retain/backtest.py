@@ -69,12 +69,17 @@ def plan_snapshots(dataset: Dataset, as_of: pd.Timestamp, horizon_days: int, con
     return SnapshotPlan(as_of, horizon_days, train_h, tuple(chosen[n_calibration:]), tuple(chosen[:n_calibration]))
 
 
+# (as_of, horizon_days, task, members) -> each member's true probability of the task's label
+Oracle = Callable[[pd.Timestamp, int, str, pd.Index], np.ndarray]
+
+
 class Snapshots:
     """Features and labels by cutoff, computed once per run (the tasks share their snapshots)."""
 
-    def __init__(self, dataset: Dataset, config: Config, engine=None):
+    def __init__(self, dataset: Dataset, config: Config, engine=None, oracle: Oracle | None = None):
         self.dataset, self.config = dataset, config
         self.engine = engine  # a retain.engine engine; None: DuckDB in this process
+        self.oracle = oracle  # the true probabilities, a baseline where they are known (a simulated shop)
         self._features: dict[pd.Timestamp, pd.DataFrame] = {}
         self._bgnbd: dict[pd.Timestamp, object] = {}
         self.fits: dict[tuple, FittedTask] = {}  # (as_of, task, horizon) -> the candidates fitted there
@@ -224,9 +229,8 @@ def score_all(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[pd.S
         "recency": fitted.recency_rule.predict(x_requested["recency_days"]),
         "rfm_logistic": fitted.rfm_logistic.predict_proba(x_requested[models.RFM_COLUMNS].clip(lower=0))[:, 1],
     }
-    oracle = oracle_scores(snapshots.dataset, plan.as_of, plan.horizon_days, task, y.index)
-    if oracle is not None:
-        scores["oracle"] = oracle
+    if snapshots.oracle is not None:
+        scores["oracle"] = snapshots.oracle(plan.as_of, plan.horizon_days, task, y.index)
     return y, scores
 
 
@@ -238,18 +242,6 @@ def held_out_scores(snapshots: Snapshots, plan: SnapshotPlan, model: models.Task
     if not (plan.shortened and model.anchored):
         return model.predict(x_model)
     return model.predict(x_model, snapshots.features(plan.as_of, plan.horizon_days)[model.anchor].to_numpy())
-
-
-def oracle_scores(dataset: Dataset, as_of, horizon_days: int, task: str, members: pd.Index) -> np.ndarray | None:
-    """The simulator's true probabilities, when the dataset is simulated (it has truth.parquet)."""
-    truth_path = dataset.path / "truth.parquet"
-    if not truth_path.exists() or "process" in dataset.metadata.get("simulator", {}):
-        return None
-    from retain.simulate import oracle_probabilities
-
-    truth = pd.read_parquet(truth_path)
-    column = "p_churn" if task == "churn" else "p_repurchase"
-    return oracle_probabilities(truth, as_of, horizon_days)[column].reindex(members).to_numpy()
 
 
 def evaluate_at(snapshots: Snapshots, fitted: FittedTask, task: str) -> tuple[dict, pd.Series, dict]:
@@ -287,13 +279,15 @@ def run_backtest(
     config: Config,
     progress: Callable[[str], None] | None = None,
     engine=None,
+    oracle: Oracle | None = None,
 ) -> dict:
     """Backtest every (cutoff, task); `tasks` maps task to horizon days. Returns the JSON document.
-    Features come from `engine` (retain.engine) when given."""
+    Features come from `engine` (retain.engine) when given; `oracle` adds the true probabilities as a
+    baseline (a simulated shop: `retain.simulate.oracle.oracle_for`)."""
     for as_of in cutoffs:
         for horizon in tasks.values():
             labels.check_window(dataset, as_of, horizon)
-    snapshots = Snapshots(dataset, config, engine)
+    snapshots = Snapshots(dataset, config, engine, oracle)
     results = []
     for as_of in cutoffs:
         for task, horizon in tasks.items():

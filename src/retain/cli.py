@@ -223,6 +223,7 @@ def backtest(
     from retain import backtest as bt
     from retain.dataset import open_dataset
     from retain.engine import open_engine
+    from retain.simulate.oracle import oracle_for
 
     cfg = settings(config)
     if task not in ("churn", "repurchase", "both"):
@@ -238,7 +239,13 @@ def backtest(
     dataset = open_dataset(data or Path(cfg.data.dataset))
     with open_engine(cfg) as engine, err_console.status("backtesting") as status:
         doc = bt.run_backtest(
-            dataset, dates, tasks, cfg, progress=lambda text: status.update(f"backtesting {text}"), engine=engine
+            dataset,
+            dates,
+            tasks,
+            cfg,
+            progress=lambda text: status.update(f"backtesting {text}"),
+            engine=engine,
+            oracle=oracle_for(dataset),
         )
     Console(width=160).print(bt.results_table(doc["results"], title=f"backtest on {dataset.path}"))
     if json_out:

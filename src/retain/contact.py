@@ -16,9 +16,9 @@ import pandas as pd
 
 from retain import contract as c
 from retain.config import Config
+from retain.connection import dataset_connection
 from retain.dataset import Dataset
 from retain.decisions import WINBACK
-from retain.features import dataset_connection
 
 COOLDOWN, FREQUENCY_CAP, SUPPRESSED = "cooldown", "frequency_cap", "suppressed"
 

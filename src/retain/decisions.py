@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from retain import reason_text
 from retain import uplift as uplift_model
 from retain.config import Config
 from retain.value import ValueModel
@@ -180,9 +181,10 @@ def decide_arrays(
     detail = np.full(n, "", dtype=object)
     labels = np.asarray(list(config.winback.coupon_tiers), dtype=object)
     detail[is_coupon] = labels[coupon["tier"][is_coupon]]
-    offers = np.flatnonzero(is_subscription)
-    every = "{} 每{}天" if config.decisions.language == "zh" else "{} every {} days"
-    detail[offers] = [every.format(category[i], round(cycle[i])) for i in offers]
+    language = config.decisions.language
+    detail[is_subscription] = [
+        reason_text.subscription_offer(category[i], cycle[i], language) for i in np.flatnonzero(is_subscription)
+    ]
     return {
         "segment": segment(column("tenure_days"), churn, value, config),
         "action": action,

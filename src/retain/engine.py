@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retain import connection
 from retain import contract as c
 from retain import features as feature_builder
 from retain.config import Config, DataConfig, EngineConfig, loopback
@@ -56,11 +57,11 @@ class LocalEngine:
 
 def partition_features(frames: dict[str, pd.DataFrame], as_of: pd.Timestamp, data_config: DataConfig) -> pd.DataFrame:
     """The local feature computation over one partition's frames (one per present table)."""
-    con = feature_builder.connect(threads=1)
+    con = connection.connect(threads=1)
     try:
         for table, frame in frames.items():
             con.register(f"{table}_partition", frame.drop(columns=PART, errors="ignore"))
-            feature_builder.contract_view(con, table, f"{table}_partition", set(frame.columns))
+            connection.contract_view(con, table, f"{table}_partition", set(frame.columns))
         if frames["orders"].empty:
             return pd.DataFrame(index=pd.Index([], name=c.MEMBER_ID))
         return feature_builder.compute(con, as_of, data_config, set(frames))

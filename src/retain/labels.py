@@ -12,9 +12,10 @@ from __future__ import annotations
 import pandas as pd
 
 from retain import contract as c
+from retain.connection import dataset_connection
 from retain.dataset import Dataset
 from retain.errors import RetainError
-from retain.features import dataset_connection, prepare
+from retain.features import prepare
 
 TASKS = ("churn", "repurchase")
 

@@ -29,8 +29,8 @@ import pandas as pd
 
 from retain import contract as c
 from retain.config import Config
+from retain.connection import dataset_connection
 from retain.dataset import Dataset
-from retain.features import dataset_connection
 
 Z_95 = 1.959963984540054
 NO_CONTROL = "no control group, no estimate"

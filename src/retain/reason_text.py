@@ -1,4 +1,5 @@
-"""Readable labels for the features behind a score, in Chinese or English (`decisions.language`).
+"""Readable text for a CRM agent, in Chinese or English (`decisions.language`): the labels of the features
+behind a score, and the wording of an offer (`subscription_offer`: "母婴 每30天").
 
 A CRM agent reads "距上次购买天数 = 142 (提高流失风险)", not "recency_days". Category columns
 (`cat_share_baby`, `cycle_cv_beauty`, ...) are labelled from the category names in `data.categories`.
@@ -92,3 +93,9 @@ def shown_value(value: float | None) -> str:
     if abs(value) < 0.0005:
         return "0"
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def subscription_offer(category: str, cycle_days: float, language: str) -> str:
+    """A subscription (周期购) offer in words: the category and the member's own cycle."""
+    every = "{} 每{}天" if language == "zh" else "{} every {} days"
+    return every.format(category, round(cycle_days))

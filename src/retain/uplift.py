@@ -35,8 +35,8 @@ from scipy import special
 from retain import contract as c
 from retain import forest
 from retain.config import Config
+from retain.connection import dataset_connection
 from retain.dataset import Dataset
-from retain.features import dataset_connection
 
 COUPON_VALUE = "coupon_value"
 

@@ -11,8 +11,6 @@ in a DuckDB connection (Parquet views locally, a partition's frames on Dask).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from importlib import resources
 
 import duckdb
@@ -21,8 +19,9 @@ import pandas as pd
 from retain import contract as c
 from retain import promotions
 from retain.config import DataConfig
+from retain.connection import dataset_connection
 from retain.dataset import Dataset
-from retain.features.categories import category_mix_aggregates, category_mix_summary, cycles_sql, quote
+from retain.features.categories import category_mix_aggregates, category_mix_summary, cycles_sql
 
 # Feature families. Aggregate families are lists of aggregates over one source, composed into a single
 # GROUP BY member_id per source (one scan, one join); query families are whole SELECTs. Each returns one
@@ -50,62 +49,10 @@ ZERO_WHEN_ABSENT = (
     "active_subscriptions",
     "subscriptions_ever",
 )
-SQL_TYPE = {
-    "id": "VARCHAR",
-    "text": "VARCHAR",
-    "timestamp": "TIMESTAMP",
-    "money": "DOUBLE",
-    "count": "BIGINT",
-    "bool": "BOOLEAN",
-}
 
 
 def read_sql(name: str) -> str:
     return resources.files("retain.features").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
-
-
-def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    return con
-
-
-def register_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> set[str]:
-    """Create a view per present table over its Parquet file; return the table names."""
-    tables = {t for t in c.TABLES if dataset.has(t)}
-    for table in tables:
-        source = f"read_parquet({quote(str(dataset.table_path(table)))})"
-        columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        contract_view(con, table, source, columns)
-    return tables
-
-
-def contract_view(con: duckdb.DuckDBPyConnection, table: str, source: str, columns: set[str]) -> None:
-    """Create the view `table` over `source` (a Parquet scan, a registered frame) with the contract's columns."""
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {contract_select(table, source, columns)}")
-
-
-def contract_select(table: str, source: str, columns: set[str]) -> str:
-    """SELECT every contract column of `table` from `source`, NULL for optional columns it lacks."""
-    parts = [
-        name if name in columns else f"NULL::{SQL_TYPE.get(kind, 'VARCHAR')} AS {name}"
-        for name, kind in c.TABLES[table].items()
-    ]
-    return f"SELECT {', '.join(parts)} FROM {source}"
-
-
-@contextlib.contextmanager
-def dataset_connection(
-    dataset: Dataset, threads: int | None = None
-) -> Iterator[tuple[duckdb.DuckDBPyConnection, set[str]]]:
-    """A DuckDB connection with a view per present table of `dataset`, and those tables' names; closed
-    on leaving."""
-    con = connect(threads)
-    try:
-        yield con, register_dataset(con, dataset)
-    finally:
-        con.close()
 
 
 def build(dataset: Dataset, as_of: pd.Timestamp, data_config: DataConfig, threads: int | None = None) -> pd.DataFrame:

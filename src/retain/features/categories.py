@@ -8,10 +8,7 @@
 
 from __future__ import annotations
 
-
-def quote(text: str) -> str:
-    """A SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
+from retain.connection import quote
 
 
 def category_mix_aggregates(categories: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from retain import contract as c
 from retain.dataset import atomic_folder, write_metadata
-from retain.simulate.shop import ids
+from retain.simulate.state import ids
 
 WEEK_US = 7 * 86_400 * 1_000_000
 

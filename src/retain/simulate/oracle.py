@@ -8,6 +8,8 @@ Coupons sent at or after `as_of` are future and are not counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -138,3 +140,19 @@ def offer_stage(truth: pd.DataFrame, sent_day: pd.Timestamp) -> pd.Series:
         if len(hit):
             stage[str(member)] = int(np.asarray(stages)[hit[-1]])
     return pd.Series(stage, dtype=float, name="stage")
+
+
+def oracle_for(dataset) -> Callable[[pd.Timestamp, int, str, pd.Index], np.ndarray] | None:
+    """The true probabilities of a simulated shop's members as a backtest baseline (`backtest.Oracle`):
+    None unless the dataset holds the shop simulator's `truth.parquet` (the BG/NBD generator has no
+    oracle of this kind)."""
+    path = dataset.path / "truth.parquet"
+    if not path.exists() or "process" in dataset.metadata.get("simulator", {}):
+        return None
+    truth = pd.read_parquet(path)
+
+    def oracle(as_of: pd.Timestamp, horizon_days: int, task: str, members: pd.Index) -> np.ndarray:
+        column = "p_churn" if task == "churn" else "p_repurchase"
+        return oracle_probabilities(truth, as_of, horizon_days)[column].reindex(members).to_numpy()
+
+    return oracle

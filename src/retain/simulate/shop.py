@@ -8,28 +8,24 @@ The run is deterministic for a seed and writes one chunk of members at a time to
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import stats
 
 from retain import contract as c
 from retain.dataset import atomic_folder, write_metadata
 from retain.simulate import process as proc
+from retain.simulate.state import History, Members
+from retain.simulate.tables import chunk_tables
 
 CHUNK_MEMBERS = 100_000
 DEFAULT_START = "2024-01-01"
-DAY_US = 86_400 * 1_000_000
-RESPONSE_TYPES = ("persuadable", "unaffected", "sleeping_dog")
 RESPONSE_SHARES = (0.35, 0.50, 0.15)
 TIER_SHARES = (0.45, 0.25, 0.15, 0.10, 0.05)  # bronze .. diamond
-BROWSE_TYPES = np.array(c.EVENT_TYPES)
-BROWSE_TYPE_SHARES = (0.75, 0.10, 0.15)
 
 TABLE_SCHEMAS = {
     "orders": pa.schema(
@@ -84,25 +80,6 @@ TABLE_SCHEMAS = {
 }
 
 
-@dataclass
-class Members:
-    """Latent draws for one chunk of members (arrays of equal length)."""
-
-    join_day: np.ndarray
-    promo_only: np.ndarray
-    rate: np.ndarray
-    p_disengage: np.ndarray
-    browse_rate: np.ndarray
-    cycle: np.ndarray  # index into CYCLE_DAYS, -1 without a cycle
-    cycle_category: np.ndarray  # index into CATEGORIES, -1 without a cycle
-    first_renewal: np.ndarray
-    mix_cdf: np.ndarray  # (n, categories) cumulative category preferences
-    spend_level: np.ndarray
-    response_type: np.ndarray
-    response: np.ndarray  # coupon multiplier on the order intensity at a 30-yuan coupon
-    tier: np.ndarray
-
-
 def draw_members(rng: np.random.Generator, n: int, days: int, p: proc.ShopProcess) -> Members:
     repl = np.array([proc.CATEGORIES.index(name) for name in proc.REPLENISHMENT])
     join_day = rng.integers(0, int(days * p.join_share_of_period), n)
@@ -141,26 +118,6 @@ def _response_types(u: np.ndarray, spend_level: np.ndarray) -> np.ndarray:
     persuadable = RESPONSE_SHARES[0] + 0.4 * (0.5 - s)
     sleeping_dog = RESPONSE_SHARES[2] - 0.2 * (0.5 - s)
     return np.where(u < persuadable, 0, np.where(u < 1.0 - sleeping_dog, 1, 2))
-
-
-@dataclass
-class History:
-    """What happened to one chunk over the simulated days (row arrays, appended per day)."""
-
-    order_member: list
-    order_day: list
-    order_kind: list  # 0 ordinary, 1 cycle renewal, 2 order on joining
-    browse_member: list
-    browse_day: list
-    offer_member: list
-    offer_day: list
-    offer_value: list
-    offer_treated: list
-    offer_stage: list  # each offered member's stage when the offer was sent: 1 active, 2 disengaging, 3 dead
-    renewal_member: list
-    renewal_day: list
-    disengaged_day: np.ndarray
-    died_day: np.ndarray
 
 
 def run_days(rng: np.random.Generator, m: Members, calendar: pd.DatetimeIndex, p: proc.ShopProcess) -> History:
@@ -253,16 +210,6 @@ def _campaign(rng, h, m, p, d, joined, last_order, last_offer, coupon_until, cou
     h.offer_stage.append(state[chosen].copy())  # after the day's stage changes: the stage from d + 1 on
 
 
-def ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    """String ids such as M0000042, built with Arrow (fast for tens of millions of rows)."""
-    padded = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width, "0")
-    return pc.binary_join_element_wise(prefix, padded, "")
-
-
-def timestamps(start_us: int, day: np.ndarray, seconds: np.ndarray) -> pa.Array:
-    return pa.array(start_us + day.astype(np.int64) * DAY_US + seconds.astype(np.int64) * 1_000_000, pa.timestamp("us"))
-
-
 def simulate_shop(
     out: Path,
     members: int,
@@ -274,8 +221,6 @@ def simulate_shop(
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Simulate `members` members over `days` days into the dataset folder `out`; return its metadata."""
-    from retain.simulate.tables import chunk_tables  # the table builders live beside the day loop
-
     start = pd.Timestamp(start if start is not None else DEFAULT_START)
     calendar = pd.date_range(start, periods=days, freq="D")
     start_us = start.value // 1000

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from retain import contract as c
 from retain.simulate import process as proc
-from retain.simulate.shop import (
+from retain.simulate.state import (
     BROWSE_TYPE_SHARES,
     BROWSE_TYPES,
     DAY_US,
