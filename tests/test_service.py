@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
@@ -124,29 +125,29 @@ def test_bad_score_requests_get_a_4xx_naming_the_field(client, body, status, fie
     assert response.json()["field"] == field and response.json()["error"]
 
 
-def test_score_features_scores_fresh_features_with_reasons(client, members):
-    row = members.iloc[0]
-    features = {
-        name: (None if pd.isna(row[name]) else float(row[name]))
-        for name in (
-            "recency_days",
-            "frequency",
-            "order_count",
-            "monetary_mean",
-            "monetary_total",
-            "tenure_days",
-            "first_purchase_days_ago",
-            "last_purchase_days_ago",
-            "views_30d",
-        )
-    }
+def test_score_features_scores_fresh_features_as_the_snapshot_does(client, members, trained):
+    """A CRM tool that sends a member's features gets the churn risk and reasons the snapshot holds for the
+    same member (one Scorer); a member sent with no features is scored too, as one the model knows nothing of."""
+    from retain.registry import Registry
+    from retain.scoring import Scorer
+    from retain.serving_state import DERIVED_PREFIXES
+
+    scorer = Scorer.from_registry(Registry(trained[1].mlflow), trained[1])
+    names = [name for name in scorer.churn.feature_names if not name.startswith(DERIVED_PREFIXES)]
+    row = members[members["reason_1_feature"].notna()].iloc[0]  # one whose reasons the snapshot holds
+    features = {name: (None if pd.isna(row[name]) else float(row[name])) for name in names}
     response = client.post(
         "/score_features", json={"members": [{"member_id": "fresh-1", **features}, {"member_id": "bare"}]}, headers=AUTH
     )
     assert response.status_code == 200
-    scores = response.json()["scores"]
-    assert [s["member_id"] for s in scores] == ["fresh-1", "bare"]
-    assert all(0 <= s["churn_risk"] <= 1 and len(s["reasons"]) == 3 for s in scores)
+    fresh, bare = response.json()["scores"]
+    assert (fresh["member_id"], bare["member_id"]) == ("fresh-1", "bare")
+    assert fresh["churn_risk"] == pytest.approx(row["churn_risk"], abs=1e-6)
+    assert [reason["feature"] for reason in fresh["reasons"]] == [row[f"reason_{k}_feature"] for k in (1, 2, 3)]
+    nothing = pd.DataFrame(np.nan, index=pd.Index(["bare"], name="member_id"), columns=names)
+    expected = scorer.score(nothing, pd.Timestamp(response.json()["as_of"]))
+    assert bare["churn_risk"] == pytest.approx(expected["churn_risk"].iloc[0], abs=1e-6)
+    assert len(bare["reasons"]) == 3
 
 
 @pytest.mark.parametrize(

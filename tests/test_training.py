@@ -59,6 +59,9 @@ def test_the_bootstrap_metric_of_a_resample_is_scikit_learns_on_the_resampled_ro
     better = paired_bootstrap_gain(y, p, rng.random(2000), metric)
     assert 0 < better["ci_low"] < better["estimate"] < better["ci_high"]
     assert np.isnan(paired_bootstrap_gain(np.ones(5), p[:5], p[:5], metric)["estimate"])
+    # a resample with one label is skipped, not a crash: one positive among four members
+    few = paired_bootstrap_gain(np.array([1.0, 0, 0, 0]), np.array([0.9, 0.1, 0.2, 0.3]), np.full(4, 0.5), metric)
+    assert few["estimate"] > 0 and few["ci_low"] <= few["ci_high"]
 
 
 def test_the_ece_limit_allows_for_the_sampling_noise_of_a_small_holdout():
@@ -90,9 +93,15 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
         calibration = json.loads(champion.tags["retain.calibration"])  # drawn by the daily report
         assert all(0 <= p <= 1 and 0 <= rate <= 1 and n > 0 for p, rate, n in calibration)
     uplift = registry.version_by_alias("uplift", CHAMPION)
-    assert uplift.tags["retain.kind"] in ("t_learner", "prior") and uplift.tags["retain.decision_reason"]
     assert "retain.metric.offers" in uplift.tags
     assert "retain.metric.qini" in uplift.tags  # measured on held-out offers: so is its calibration by decile
+    # the gate: the T-learner serves exactly when its held-out Qini's interval is above 0, and says so
+    above = float(uplift.tags["retain.metric.qini_ci_low"]) > 0
+    assert uplift.tags["retain.kind"] == ("t_learner" if above else "prior")
+    assert ("is above 0" if above else "is not above 0") in uplift.tags["retain.decision_reason"]
+    # the coupon's effects measured on the shop's campaigns are stated beside it
+    assert "prior uplift" in uplift.tags["retain.decision_reason"]
+    assert "members kept per extra buyer" in uplift.tags["retain.decision_reason"]
     run_id = uplift.tags["retain.run_id"]
     logged = {a.path for a in registry.client.list_artifacts(run_id)}
     logged |= {a.path for a in registry.client.list_artifacts(run_id, "plots")}

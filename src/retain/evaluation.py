@@ -78,8 +78,11 @@ def paired_bootstrap_gain(
         if not 0 < counts @ y < counts.sum():  # a resample with one label only
             continue
         gains.append(model(counts) - baseline(counts))
-    low, high = np.percentile(gains, [2.5, 97.5])
     everyone = np.ones(len(y))
+    if not gains:  # every resample held one label (a handful of members): no interval to claim
+        estimate = float(model(everyone) - baseline(everyone))
+        return {"estimate": estimate, "ci_low": float("-inf"), "ci_high": float("inf")}
+    low, high = np.percentile(gains, [2.5, 97.5])
     return {"estimate": float(model(everyone) - baseline(everyone)), "ci_low": float(low), "ci_high": float(high)}
 
 
