@@ -7,6 +7,7 @@ sentence and exits 2; nothing prints a traceback unless RETAIN_DEBUG=1.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,14 @@ def parse_date(text: str, flag: str) -> pd.Timestamp:
         return pd.Timestamp(pd.to_datetime(text, format="%Y-%m-%d"))
     except (ValueError, TypeError):
         raise RetainError(f"{flag} must be a date like 2025-06-01, got {text!r}.") from None
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write a command's JSON document (in one step) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2) + "\n"
+    files.write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    console.print(f"wrote {path}")
 
 
 def settings(path: Path | None) -> Config:
@@ -218,7 +227,6 @@ def backtest(
 
     Example: retain backtest --data data/cdnow --cutoffs 1997-10-01 --task repurchase --repurchase-horizon 273
     """
-    import json
 
     from retain import backtest as bt
     from retain.dataset import open_dataset
@@ -249,9 +257,7 @@ def backtest(
         )
     Console(width=160).print(bt.results_table(doc["results"], title=f"backtest on {dataset.path}"))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {json_out}")
+        write_json(json_out, doc)
 
 
 @app.command()
@@ -355,7 +361,6 @@ def readout(
 
     Example: retain readout --data data/demo --since 2025-06-01 --exports exports
     """
-    import json
 
     from retain import readout as campaign_readout
     from retain.dataset import open_dataset
@@ -372,9 +377,7 @@ def readout(
     else:
         Console(width=200).print(campaign_readout.table(campaigns, dataset.metadata.get("currency", "")))
     doc = {"dataset": str(dataset.path), "currency": dataset.metadata.get("currency"), "campaigns": campaigns}
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {json_out}")
+    write_json(json_out, doc)
 
 
 @app.command()
