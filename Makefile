@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test lint simulate train export backtest-cdnow serve bento bench bench-serve bench-policy bench-readout bench-export bench-engine
+.PHONY: help setup lock demo test test-fast lint simulate train export backtest-cdnow serve bento bench bench-serve bench-policy bench-readout bench-export bench-engine
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ backtest-cdnow: setup data/cdnow/dataset.json ## Backtest on the real CDNOW log 
 
 test: setup ## Run the whole test suite
 	$(PY) -m pytest
+
+test-fast: setup ## The tests that are not marked slow (no training runs, servers, Dask or wheel): about 25 s
+	$(PY) -m pytest -m "not slow"
 
 lint: setup ## Check the code with ruff
 	$(VENV)/bin/ruff check src training serving tests bench

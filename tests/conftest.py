@@ -96,3 +96,24 @@ def trained(small_shop, config, tmp_path_factory) -> tuple[dict[str, str], Confi
     )
     train(small_shop, job)
     return env, job
+
+
+# What makes a test slow: a trained model store, a real server, a Dask cluster, a 50,000-member shop. `make
+# test` runs everything; `make test-fast` (-m "not slow") the rest, for the loop while writing code.
+SLOW_FIXTURES = {
+    "trained",
+    "store",
+    "client",
+    "server",
+    "prefixed_client",
+    "setup",
+    "exported",
+    "dask_engine",
+    "demo_shop",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

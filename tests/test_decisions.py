@@ -301,6 +301,7 @@ def test_an_order_a_coupon_adds_is_worth_its_margin_plus_the_value_it_keeps_not_
     assert model.order_worth(summary, kept=0.0) == pytest.approx(margin)  # keeps nobody: the order alone
 
 
+@pytest.mark.slow
 def test_a_control_stays_a_control_for_a_response_window(config):
     """Run the daily choice over 60 days: a member held out on a day is not contacted in the response
     window after it (14 days), and over the days every member is contacted sometimes."""

@@ -103,6 +103,7 @@ def test_a_worker_killed_during_the_export_leaves_no_partial_list(trained, small
         engine.close()
 
 
+@pytest.mark.slow
 def test_an_unknown_engine_or_an_unreachable_scheduler_is_one_sentence(config):
     wrong = dataclasses.replace(config, engine=dataclasses.replace(config.engine, kind="spark"))
     with pytest.raises(RetainError, match='"local" or "dask"'), open_engine(wrong):
@@ -149,6 +150,7 @@ def write_tls_files(folder) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
+@pytest.mark.slow
 def test_the_engine_reaches_a_tls_scheduler_with_the_configured_files(small_shop, config, tmp_path):
     from distributed import LocalCluster, Security
 

@@ -159,6 +159,7 @@ def mutate_future(tables, as_of, rng):
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), day=st.integers(60, 200))
 def test_rows_at_or_after_as_of_never_change_the_features(tiny_shop, tmp_path, config, seed, day):

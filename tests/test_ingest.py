@@ -169,6 +169,7 @@ def test_ingest_refuses_a_symbolic_link_and_leaves_its_target(tmp_path):
     assert link.is_symlink() and (target / "keep.txt").read_text(encoding="utf-8") == "keep"
 
 
+@pytest.mark.slow
 def test_ingest_replaces_its_own_dataset_and_fills_an_empty_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

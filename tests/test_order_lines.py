@@ -211,6 +211,7 @@ def test_timestamps_with_offsets_are_converted_to_the_shop_zone_and_bad_ones_qua
     assert '"timezone": "Europe/London"' in (tmp_path / "uk" / "dataset.json").read_text()
 
 
+@pytest.mark.slow
 def test_the_simulated_shop_as_line_items_ingests_back_to_the_same_orders_and_features(small_shop, tmp_path, config):
     from conftest import make_dataset
 

@@ -73,6 +73,7 @@ def test_the_ece_limit_allows_for_the_sampling_noise_of_a_small_holdout():
     assert promotion.decide({"pr_auc": 0.1, "ece": 0.5}, {"pr_auc": 0.9}, 0.002, 0.03, force=True).decision == "forced"
 
 
+@pytest.mark.slow
 def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job_config, monkeypatch):
     results = train(small_shop, job_config)
     assert [r["task"] for r in results] == ["churn", "repurchase"]
@@ -132,6 +133,7 @@ def test_the_job_registers_promotes_and_keeps_a_worse_model_back(small_shop, job
     assert forced.version == "3" and forced.tags["retain.decision"] == "forced" and forced.tags["retain.forced_by"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("task", "horizon"), [("churn", 90), ("repurchase", 30)])
 def test_no_model_scores_above_the_oracle_and_the_served_one_comes_close(small_shop, config, task, horizon):
     """The oracle (the simulator's true probabilities, passed in as a baseline) bounds every model: one above
@@ -157,6 +159,7 @@ def test_a_young_shop_trains_on_a_shorter_horizon_that_leaves_three_snapshots(sm
     assert max(plan.fit_dates) < min(plan.calibration_dates)  # calibration is on a later slice
 
 
+@pytest.mark.slow
 def test_backtest_results_have_the_documented_shape(small_shop, config):
     doc = backtest.run_backtest(
         small_shop, [pd.Timestamp("2024-12-01")], {"repurchase": 30}, config, oracle=oracle_for(small_shop)
@@ -195,6 +198,7 @@ def store_config(config, tmp_path):
     return dataclasses.replace(config, mlflow=mlflow, serving=serving)
 
 
+@pytest.mark.slow
 def test_a_small_shop_gets_champions_that_export_and_serve(config, tmp_path):
     """The shop of issue 11: `retain simulate --members 3000 --days 500 --seed 31`, trained with the
     project's settings, once left no churn champion (its first model failed the ECE gate)."""
@@ -242,6 +246,7 @@ def test_metrics_of_a_holdout_with_one_label_are_missing_not_an_error():
     assert np.isnan(metrics["roc_auc"]) and np.isnan(metrics["pr_auc"]) and metrics["ece"] > 0
 
 
+@pytest.mark.slow
 def test_retain_serve_without_champions_is_one_sentence(tmp_path):
     import os
     import subprocess
@@ -262,6 +267,7 @@ def test_retain_serve_without_champions_is_one_sentence(tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_selection_at_a_cutoff_reads_nothing_at_or_after_it(small_shop, config, tmp_path):
     """The same selection and the same served model from the shop cut at C as from the whole shop."""
     from retain.dataset import open_dataset, write_dataset
@@ -282,6 +288,7 @@ def test_selection_at_a_cutoff_reads_nothing_at_or_after_it(small_shop, config, 
     np.testing.assert_array_equal(whole.model.predict(x), before.model.predict(x))
 
 
+@pytest.mark.slow
 def test_on_a_bgnbd_shop_the_served_model_is_anchored_or_as_good_as_bgnbd(tmp_path, config):
     from retain.dataset import open_dataset
     from retain.simulate import simulate_bgnbd
@@ -307,6 +314,7 @@ def test_the_job_says_what_it_cannot_date(tmp_path, config):
     assert notes[0].startswith("tier: not used") and notes[1].startswith("refunds: 1 of 1 have no refunded_at")
 
 
+@pytest.mark.slow
 def test_the_candidates_come_from_the_config(small_shop, config):
     from retain import config as config_module
     from retain.config import ConfigError, SelectionConfig
