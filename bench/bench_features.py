@@ -36,13 +36,13 @@ SELECT member_id,
        avg(amount) AS monetary_mean,
        date_diff('day', min(ordered_at)::DATE, max(ordered_at)::DATE)
            / nullif(count(DISTINCT ordered_at::DATE) - 1, 0) AS mean_gap_days
-FROM read_parquet('{path}/orders.parquet')
+FROM {orders}
 WHERE ordered_at < TIMESTAMP '{as_of}' AND status = 'paid'
 GROUP BY member_id
 """
 REFERENCE_EVENTS = """
 SELECT member_id, event_type, count(*) AS n
-FROM read_parquet('{path}/events.parquet')
+FROM {events}
 WHERE event_at < TIMESTAMP '{as_of}'
 GROUP BY member_id, event_type
 """
@@ -55,7 +55,8 @@ def run_step(step: str, path: Path, as_of: pd.Timestamp) -> dict:
     if step in ("reference_rfm", "reference_events"):
         sql = REFERENCE_RFM if step == "reference_rfm" else REFERENCE_EVENTS
         con = connection.connect()
-        rows = len(con.sql(sql.format(path=path, as_of=as_of)).df())
+        sources = {table: dataset.scan(table) for table in ("orders", "events")}
+        rows = len(con.sql(sql.format(**sources, as_of=as_of)).df())
     elif step == "core":
         with connection.dataset_connection(dataset) as (con, _):
             features.prepare(con, as_of)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from retain.dataset import open_dataset
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +47,7 @@ def main() -> int:
         seconds = time.perf_counter() - started
         peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         report = json.loads((out / "ingest_report.json").read_text())["tables"]["orders"]
-        orders = pd.read_parquet(out / "orders.parquet")
+        orders = open_dataset(out).read("orders")
     parts = ("rows_kept", "guest", "excluded", "cancellations_matched", "cancellations_unmatched", "rows_quarantined")
     print(f"retain ingest: {seconds:.1f} s, peak {peak_gib:.2f} GiB; {report['orders_written']:,} orders written")
     for part in parts:

@@ -56,6 +56,34 @@ def test_dask_features_equal_the_local_ones_on_the_demo_shop(demo_shop, config, 
             pd.testing.assert_series_equal(left, right, check_exact=True)
 
 
+def test_the_dask_engine_maps_member_buckets_and_never_shuffles(small_shop, config, dask_engine):
+    """Each task reads its own group of member buckets: the cluster runs no shuffle, no repartition, and one
+    task per group, each reading files, not receiving frames."""
+    from distributed import get_task_stream
+
+    as_of = pd.Timestamp("2024-11-01")
+    with get_task_stream(dask_engine.client) as stream:
+        distributed = dask_engine.features(small_shop, as_of)
+    keys = [str(task["key"]) for task in stream.data]
+    assert keys and not any(word in key for key in keys for word in ("shuffle", "repartition", "split", "p2p"))
+    assert len(keys) == dask_engine.partitions and all(key.startswith("bucket_features") for key in keys)
+    local = LocalEngine(config).features(small_shop, as_of)
+    pd.testing.assert_frame_equal(distributed, local, rtol=1e-9)
+
+
+def test_a_dataset_written_before_buckets_is_one_sentence_for_dask(small_shop, dask_engine, tmp_path):
+    import json
+
+    old = tmp_path / "old"
+    old.mkdir()
+    small_shop.read("orders").to_parquet(old / "orders.parquet", index=False)
+    (old / "dataset.json").write_text(json.dumps({k: v for k, v in small_shop.metadata.items() if k != "buckets"}))
+    from retain.dataset import open_dataset
+
+    with pytest.raises(RetainError, match=r"written before member buckets.*retain rebucket --data"):
+        dask_engine.features(open_dataset(old), pd.Timestamp("2024-11-01"))
+
+
 def test_the_dask_export_writes_the_same_files_as_the_local_one(trained, small_shop, dask_engine, tmp_path):
     _, config = trained
     config = dataclasses.replace(config, serving=dataclasses.replace(config.serving, snapshot_dir=str(tmp_path)))

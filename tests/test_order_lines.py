@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from retain import contract as c
+from retain.dataset import open_dataset
 from retain.errors import RetainError
 from retain.ingest import IngestRejected, ingest, load_mapping
 
@@ -37,7 +38,7 @@ def run(tmp_path, rows, mapping=MAPPING, **options):
     (tmp_path / "mapping.toml").write_text(mapping, encoding="utf-8")
     out = tmp_path / "out"
     report = ingest({"orders": source}, out, tmp_path / "mapping.toml", currency="GBP", **options)
-    orders = pd.read_parquet(out / "orders.parquet").set_index("order_id")
+    orders = open_dataset(out).read("orders").set_index("order_id")
     quarantine = out / "quarantine" / "orders.parquet"
     return report["tables"]["orders"], orders, pd.read_parquet(quarantine) if quarantine.exists() else None
 
@@ -174,7 +175,7 @@ def test_an_order_grain_file_reads_a_status_value_as_refunded_and_guests_apart(t
         encoding="utf-8",
     )
     report = ingest({"orders": source}, tmp_path / "out", tmp_path / "m.toml")["tables"]["orders"]
-    orders = pd.read_parquet(tmp_path / "out" / "orders.parquet").set_index("order_id")
+    orders = open_dataset(tmp_path / "out").read("orders").set_index("order_id")
     assert orders["status"].to_dict() == {"#1": c.PAID, "#2": c.REFUNDED, "#4": c.PAID}
     assert report["guest"] == 1 and report["rows_kept"] == 3
 
@@ -201,11 +202,11 @@ def test_timestamps_with_offsets_are_converted_to_the_shop_zone_and_bad_ones_qua
         encoding="utf-8",
     )
     report = ingest({"orders": source}, tmp_path / "out", max_bad_share=0.5, timezone="Asia/Shanghai")
-    orders = pd.read_parquet(tmp_path / "out" / "orders.parquet").set_index("order_id")
+    orders = open_dataset(tmp_path / "out").read("orders").set_index("order_id")
     assert (orders["ordered_at"] == pd.Timestamp("2025-03-01 10:00:00")).all() and len(orders) == 4
     assert report["tables"]["orders"]["quarantined_by_reason"] == {c.BAD_DATE: 1}
     london = ingest({"orders": source}, tmp_path / "uk", max_bad_share=0.5, timezone="Europe/London")
-    uk = pd.read_parquet(tmp_path / "uk" / "orders.parquet").set_index("order_id")
+    uk = open_dataset(tmp_path / "uk").read("orders").set_index("order_id")
     assert uk.loc["o2", "ordered_at"] == pd.Timestamp("2025-03-01 02:00:00")  # GMT in March
     assert london["tables"]["orders"]["rows_kept"] == 4
     assert '"timezone": "Europe/London"' in (tmp_path / "uk" / "dataset.json").read_text()
@@ -231,7 +232,7 @@ def test_the_simulated_shop_as_line_items_ingests_back_to_the_same_orders_and_fe
     assert report["cancellations_matched"] > 0 and report["guest"] > 0 and report["excluded"] > 0
     assert report["orders_written"] == len(orders)
 
-    back = pd.read_parquet(tmp_path / "from_lines" / "orders.parquet").set_index("order_id").loc[orders["order_id"]]
+    back = open_dataset(tmp_path / "from_lines").read("orders").set_index("order_id").loc[orders["order_id"]]
     original = orders.set_index("order_id")
     for column in ("member_id", "ordered_at", "category", "status", "refunded_at", "coupon_id"):
         pd.testing.assert_series_equal(back[column], original[column], check_dtype=False, check_names=False)

@@ -101,7 +101,7 @@ def test_a_custom_process_is_the_one_the_tables_follow(tmp_path):
     for share in (0.0, 0.5):
         out = tmp_path / str(share)
         simulate_shop(out, 400, 200, seed=2, process=dataclasses.replace(PROCESS, refund_share=share))
-        refunded[share] = (pd.read_parquet(out / "orders.parquet")["status"] == "refunded").mean()
+        refunded[share] = (open_dataset(out).read("orders")["status"] == "refunded").mean()
     assert refunded[0.0] == 0.0 and refunded[0.5] > 0.2  # of ordinary orders (renewals are not refunded)
 
 
@@ -114,7 +114,7 @@ def test_the_simulated_shop_follows_the_configured_promotion_calendar(tmp_path):
 
     march = dataclasses.replace(PROCESS, promotion_windows=(("03-01", "03-10"),))
     simulate_shop(tmp_path / "march", 1500, 365, seed=4, start=pd.Timestamp("2024-01-01"), process=march)
-    days = pd.read_parquet(tmp_path / "march" / "orders.parquet")["ordered_at"].dt.normalize().value_counts()
+    days = open_dataset(tmp_path / "march").read("orders")["ordered_at"].dt.normalize().value_counts()
     around = lambda first, last: days.reindex(pd.date_range(first, last), fill_value=0).mean()  # noqa: E731
     # against the ten days before and after each window (members join over the year: compare neighbours)
     assert (

@@ -85,7 +85,8 @@ def simulate(
     start_day = parse_date(start, "--start")
     if process == "bgnbd":
         values = _parse_params(params)
-        metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day)
+        buckets = settings(config).data.buckets
+        metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day, buckets=buckets)
     elif process == "shop":
         from retain.simulate.process import PROCESS
 
@@ -101,6 +102,7 @@ def simulate(
                 start=start_day,
                 currency=settings(config).data.currency,
                 process=shop,
+                buckets=settings(config).data.buckets,
                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
             )
     else:
@@ -167,7 +169,14 @@ def ingest(
     cutoff = parse_date(as_of, "--as-of") if as_of else None
     try:
         report = run_ingest(
-            sources, out, mapping, cutoff, cfg.ingest.max_bad_share, currency or cfg.data.currency, cfg.data.timezone
+            sources,
+            out,
+            mapping,
+            cutoff,
+            cfg.ingest.max_bad_share,
+            currency or cfg.data.currency,
+            cfg.data.timezone,
+            cfg.data.buckets,
         )
     except IngestRejected as exc:
         err_console.print(exc.details, markup=False, highlight=False)
@@ -186,6 +195,26 @@ def ingest(
         f"{orders['excluded']:,} excluded (not products); cancellations {orders['cancellations_matched']:,} "
         f"matched, {orders['cancellations_unmatched']:,} unmatched (kept in quarantine/orders.parquet)"
     )
+
+
+@app.command()
+def rebucket(
+    data: Annotated[Path, typer.Option(help="Dataset folder to rewrite in place.")],
+    buckets: Annotated[int | None, typer.Option(min=1, help="Member buckets (default: data.buckets).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Rewrite a dataset's tables into member buckets (one written before them, or with another number).
+
+    Example: retain rebucket --data data/shop
+    """
+    from retain.dataset import open_dataset
+    from retain.dataset import rebucket as rewrite
+
+    dataset = open_dataset(data)
+    n = buckets or settings(config).data.buckets
+    metadata = rewrite(dataset, n)
+    rows = ", ".join(f"{table} {count:,}" for table, count in metadata["rows"].items())
+    console.print(f"rewrote {data} into {n} member buckets: {rows}")
 
 
 @app.command()

@@ -32,6 +32,7 @@ class ConfigError(RetainError):
 
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_BUCKETS = 64
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class DataConfig:
     dataset: str = "data/demo"
     currency: str = "CNY"
     timezone: str = DEFAULT_TIMEZONE  # the shop's zone: ingest converts timestamps with a UTC offset to it
+    buckets: int = DEFAULT_BUCKETS  # member buckets each table is written in (retain.dataset)
     categories: dict[str, str] = field(default_factory=dict)
     replenishment_categories: list[str] = field(default_factory=list)
     promotion_windows: list[list[str]] = field(default_factory=list)

@@ -39,7 +39,7 @@ def register_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> set[st
     """Create a view per present table over its Parquet file; return the table names."""
     tables = {t for t in c.TABLES if dataset.has(t)}
     for table in tables:
-        source = f"read_parquet({quote(str(dataset.table_path(table)))})"
+        source = dataset.scan(table)
         columns = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         contract_view(con, table, source, columns)
     return tables

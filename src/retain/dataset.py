@@ -1,21 +1,55 @@
-"""A canonical dataset on disk: one Parquet file per table plus `dataset.json`, written atomically."""
+"""A canonical dataset on disk: its tables plus `dataset.json`, written atomically.
+
+Each table is a folder of member buckets, `orders/member_bucket=07/part-0.parquet` (Hive-style, so
+DuckDB, Dask, Spark and Arrow read it as is): a member's rows of every table sit in the bucket numbered
+by a stable hash of their member_id mod `data.buckets` (`member_buckets`), recorded in `dataset.json`.
+A worker given bucket k of every table holds all the rows of those members: no shuffle (`retain.engine`).
+A dataset written before buckets (one `orders.parquet` per table) is still read; `retain rebucket`
+rewrites it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from retain import contract, files
+from retain.config import DEFAULT_BUCKETS
 from retain.errors import RetainError
 
 METADATA_FILE = "dataset.json"
+BUCKET = "member_bucket"
+
+
+def member_buckets(member_ids, buckets: int) -> np.ndarray:
+    """Each member's bucket: a stable hash of member_id (pandas' SipHash with its fixed key, the same on
+    every machine) mod `buckets`."""
+    hashed = pd.util.hash_array(np.asarray(member_ids, dtype=object))
+    return (hashed % np.uint64(buckets)).astype(np.int64)
+
+
+def bucket_name(k: int, buckets: int) -> str:
+    """`member_bucket=07`: zero-padded so that the folders sort in bucket order."""
+    return f"{BUCKET}={k:0{len(str(buckets - 1))}d}"
+
+
+def table_files(folder: Path, table: str) -> list[Path]:
+    """The Parquet files of a table in a dataset folder, in bucket order ([] when the table is absent)."""
+    single = folder / f"{table}.parquet"
+    if single.exists():
+        return [single]
+    return sorted((folder / table).glob(f"{BUCKET}=*/*.parquet"))
 
 
 @dataclass(frozen=True)
@@ -34,14 +68,38 @@ class Dataset:
     def fingerprint(self) -> str:
         return self.metadata["fingerprint"]
 
-    def has(self, table: str) -> bool:
-        return (self.path / f"{table}.parquet").exists()
+    @property
+    def buckets(self) -> int | None:
+        """The number of member buckets; None for a dataset written before buckets (one file a table)."""
+        return self.metadata.get("buckets")
 
-    def table_path(self, table: str) -> Path:
-        return self.path / f"{table}.parquet"
+    def has(self, table: str) -> bool:
+        return bool(self.files(table))
+
+    def files(self, table: str) -> list[Path]:
+        return table_files(self.path, table)
+
+    def bucket_files(self, table: str, buckets: list[int]) -> list[Path]:
+        """The files of the given buckets of a table."""
+        n = self.buckets
+        names = {bucket_name(k, n) for k in buckets}
+        return [path for path in self.files(table) if path.parent.name in names]
+
+    def scan(self, table: str) -> str:
+        """The table's files as one DuckDB source (a glob over the buckets, or the single file)."""
+        single = self.path / f"{table}.parquet"
+        where = single if single.exists() else self.path / table / f"{BUCKET}=*" / "*.parquet"
+        text = str(where).replace("'", "''")
+        return f"read_parquet('{text}', hive_partitioning = false)"
 
     def read(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
-        return pd.read_parquet(self.table_path(table), columns=columns)
+        return read_files(self.files(table), columns)
+
+
+def read_files(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+    """Parquet files as one frame, in the order given (without the bucket column)."""
+    table = pads.dataset([str(p) for p in paths], format="parquet").to_table(columns=columns)
+    return table.to_pandas()
 
 
 def open_dataset(path: Path | str) -> Dataset:
@@ -53,16 +111,17 @@ def open_dataset(path: Path | str) -> Dataset:
             f"{path} is not a retain dataset (no {METADATA_FILE}); build one with `retain ingest` or `retain simulate`."
         )
     metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    if not (path / "orders.parquet").exists():
-        raise RetainError(f"Dataset {path} has no orders.parquet, the one required table.")
+    if not table_files(path, "orders"):
+        raise RetainError(f"Dataset {path} has no orders table, the one required table.")
     return Dataset(path=path, metadata=metadata)
 
 
-def fingerprint_files(paths: list[Path]) -> str:
-    """A short SHA-256 over the named files' bytes, in name order: equal data, equal fingerprint."""
+def fingerprint_files(folder: Path, paths: list[Path]) -> str:
+    """A short SHA-256 over the named files' bytes and their paths in `folder`, in path order: equal
+    data, equal fingerprint."""
     digest = hashlib.sha256()
-    for path in sorted(paths, key=lambda p: p.name):
-        digest.update(path.name.encode())
+    for path in sorted(paths, key=lambda p: p.relative_to(folder).as_posix()):
+        digest.update(path.relative_to(folder).as_posix().encode())
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -71,16 +130,17 @@ def fingerprint_files(paths: list[Path]) -> str:
 
 def write_metadata(folder: Path, observed_until: pd.Timestamp, currency: str, extra: dict | None = None) -> dict:
     """Describe the tables in `folder` (rows, date range, fingerprint) in `dataset.json` and return it."""
-    tables = sorted(t for t in contract.TABLES if (folder / f"{t}.parquet").exists())
-    rows = {t: pq.ParquetFile(folder / f"{t}.parquet").metadata.num_rows for t in tables}
-    orders_range = pd.read_parquet(folder / "orders.parquet", columns=[contract.ORDERED_AT])[contract.ORDERED_AT]
+    present = {t: table_files(folder, t) for t in contract.TABLES}
+    tables = sorted(t for t, paths in present.items() if paths)
+    rows = {t: sum(pq.ParquetFile(p).metadata.num_rows for p in present[t]) for t in tables}
+    orders_range = read_files(present["orders"], [contract.ORDERED_AT])[contract.ORDERED_AT]
     metadata = {
         "observed_until": observed_until.isoformat(),
         "first_order_at": orders_range.min().isoformat() if len(orders_range) else None,
         "last_order_at": orders_range.max().isoformat() if len(orders_range) else None,
         "currency": currency,
         "rows": rows,
-        "fingerprint": fingerprint_files([folder / f"{t}.parquet" for t in tables]),
+        "fingerprint": fingerprint_files(folder, [p for t in tables for p in present[t]]),
         **(extra or {}),
     }
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -88,18 +148,40 @@ def write_metadata(folder: Path, observed_until: pd.Timestamp, currency: str, ex
 
 
 def write_dataset(
-    out: Path, tables: dict[str, pd.DataFrame], observed_until: pd.Timestamp, currency: str, extra: dict | None = None
+    out: Path,
+    tables: dict[str, pd.DataFrame],
+    observed_until: pd.Timestamp,
+    currency: str,
+    extra: dict | None = None,
+    buckets: int = DEFAULT_BUCKETS,
 ) -> dict:
     """Validate canonical frames against the contract and write them as a dataset folder, atomically."""
     with atomic_folder(Path(out)) as folder:
-        write_tables(folder, tables)
-        return write_metadata(folder, observed_until, currency, extra)
+        write_tables(folder, tables, buckets)
+        return write_metadata(folder, observed_until, currency, {**(extra or {}), "buckets": buckets})
 
 
-def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+def write_tables(folder: Path, tables: dict[str, pd.DataFrame], buckets: int) -> None:
+    """Each table, validated against the contract, into its member buckets."""
     for table, frame in tables.items():
         contract.schema(table).validate(frame)
-        frame.to_parquet(folder / f"{table}.parquet", index=False)
+        write_buckets(folder, table, pa.Table.from_pandas(frame, preserve_index=False), buckets)
+
+
+def write_buckets(folder: Path, table: str, rows: pa.Table, buckets: int, part: str = "part-0") -> None:
+    """Rows of one table into `folder/<table>/member_bucket=<k>/<part>.parquet` (a table with no rows: an
+    empty file in bucket 0, so the table and its columns are still there)."""
+    bucket = member_buckets(rows.column(contract.MEMBER_ID).to_numpy(zero_copy_only=False), buckets)
+    order = np.argsort(bucket, kind="stable")
+    rows, bucket = rows.take(pa.array(order)), bucket[order]
+    present, starts = np.unique(bucket, return_index=True)
+    if len(present) == 0:
+        present, starts = np.array([0]), np.array([0])
+    ends = [*starts[1:], len(bucket)]
+    for k, start, end in zip(present, starts, ends, strict=True):
+        where = folder / table / bucket_name(int(k), buckets)
+        where.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows.slice(int(start), int(end - start)), where / f"{part}.parquet")
 
 
 @contextlib.contextmanager
@@ -116,3 +198,24 @@ def atomic_folder(out: Path) -> Iterator[Path]:
         files.fsync_tree(tmp)
         files.check_replaceable(out, METADATA_FILE, "retain dataset")  # again: it may have changed meanwhile
         files.replace_folder(tmp, out)
+
+
+def rebucket(dataset: Dataset, buckets: int) -> dict:
+    """Rewrite a dataset's tables into `buckets` member buckets (a dataset written before buckets, or with
+    another number of them), keeping everything else in the folder; atomically. Returns the metadata."""
+    tables = [t for t in contract.TABLES if dataset.has(t)]
+    kept = {"observed_until", "first_order_at", "last_order_at", "currency", "rows", "fingerprint", "buckets"}
+    with atomic_folder(dataset.path) as folder:
+        for table in tables:
+            rows = pads.dataset([str(p) for p in dataset.files(table)], format="parquet").to_table()
+            write_buckets(folder, table, rows, buckets)
+        for item in dataset.path.iterdir():  # truth.parquet, quarantine/, ingest_report.json, lines/ ...
+            is_table = item.name in tables or item.name in {f"{t}.parquet" for t in tables}
+            if is_table or item.name == METADATA_FILE:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, folder / item.name)
+            else:
+                shutil.copy2(item, folder / item.name)
+        extra = {k: v for k, v in dataset.metadata.items() if k not in kept} | {"buckets": buckets}
+        return write_metadata(folder, dataset.observed_until, dataset.metadata.get("currency", ""), extra)

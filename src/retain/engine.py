@@ -4,12 +4,12 @@
 (`tls://host:8786`, with the `[engine] tls_*` files), empty starts a `LocalCluster` on 127.0.0.1 for
 the run. Both engines run the same functions, so their results agree:
 
-- `features(dataset, as_of)`: `retain.features.compute` (DuckDB) over the member's rows. On Dask, each
-  table is read as a Dask DataFrame, tagged with partition = hash(member_id) mod `partitions`, shuffled
-  on that tag (so one member never spans two partitions, and partition i of every table holds the same
-  members), and the same function runs per partition over that partition's frames.
-- `score(dataset, as_of, scorer)`: features and `Scorer.score` per partition, the scorer scattered to
-  the workers once. Returns the features and the scores on the driver, sorted by member_id.
+- `features(dataset, as_of)`: `retain.features.compute` (DuckDB) over the member's rows. On Dask, the
+  dataset's member buckets (`retain.dataset`: bucket k of every table holds all the rows of the same
+  members) are dealt into `engine.partitions` groups; each task reads its group's files on the worker and
+  runs the same function over them. Nothing is shuffled: only file names go out, results come back.
+- `score(dataset, as_of, scorer)`: features and `Scorer.score` per group, the scorer scattered to the
+  workers once. Returns the features and the scores on the driver, sorted by member_id.
 
 The training fit itself runs on the driver (see the README: "Scale"); only the feature snapshots use
 the engine.
@@ -18,12 +18,12 @@ the engine.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 
 from retain import connection
 from retain import contract as c
@@ -32,7 +32,6 @@ from retain.config import Config, DataConfig, EngineConfig, loopback
 from retain.dataset import Dataset
 from retain.errors import RetainError
 
-PART = "_part"
 TLS_KEYS = ("engine.tls_ca_file", "engine.tls_cert_file", "engine.tls_key_file")
 
 
@@ -60,7 +59,7 @@ def partition_features(frames: dict[str, pd.DataFrame], as_of: pd.Timestamp, dat
     con = connection.connect(threads=1)
     try:
         for table, frame in frames.items():
-            con.register(f"{table}_partition", frame.drop(columns=PART, errors="ignore"))
+            con.register(f"{table}_partition", frame)
             connection.contract_view(con, table, f"{table}_partition", set(frame.columns))
         if frames["orders"].empty:
             return pd.DataFrame(index=pd.Index([], name=c.MEMBER_ID))
@@ -69,11 +68,32 @@ def partition_features(frames: dict[str, pd.DataFrame], as_of: pd.Timestamp, dat
         con.close()
 
 
-def partition_scores(
-    frames: dict[str, pd.DataFrame], as_of: pd.Timestamp, data_config: DataConfig, scorer
+def read_bucket_group(files: dict[str, list[str]], as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """On a worker: the rows of one group of member buckets, every table, dated before `as_of` (later rows
+    never count: they are not read)."""
+    frames = {}
+    for table, paths in files.items():
+        column = c.TIME_COLUMN.get(table)
+        where = (pads.field(column) < pa.scalar(as_of.to_datetime64(), pa.timestamp("us"))) if column else None
+        frames[table] = pads.dataset(paths, format="parquet").to_table(filter=where).to_pandas()
+    return frames
+
+
+def bucket_features(files: dict[str, list[str]], as_of: pd.Timestamp, data_config: DataConfig) -> pd.DataFrame:
+    return partition_features(read_bucket_group(files, as_of), as_of, data_config)
+
+
+def bucket_scores(
+    files: dict[str, list[str]], as_of: pd.Timestamp, data_config: DataConfig, scorer
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    features = partition_features(frames, as_of, data_config)
+    features = bucket_features(files, as_of, data_config)
     return features, scorer.score(features, as_of) if len(features) else pd.DataFrame()
+
+
+def bucket_groups(buckets: int, groups: int) -> list[list[int]]:
+    """Buckets dealt round-robin into at most `groups` groups (one task each)."""
+    groups = max(1, min(groups, buckets))
+    return [list(range(g, buckets, groups)) for g in range(groups)]
 
 
 class DaskEngine:
@@ -84,7 +104,6 @@ class DaskEngine:
     def __init__(self, config: Config, partitions: int | None = None):
         from distributed import Client, LocalCluster
 
-        logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
         self.config = config
         address = config.engine.scheduler_address
         security = cluster_security(config.engine)
@@ -105,44 +124,35 @@ class DaskEngine:
             raise RetainError(f"Could not reach the Dask scheduler at {address or 'a local cluster'}: {exc}") from None
         self.partitions = partitions or config.engine.partitions
 
-    def _tables(self, dataset: Dataset, as_of: pd.Timestamp) -> dict:
-        """Each present table as a Dask DataFrame of the rows dated before `as_of`, tagged with
-        hash(member_id) mod n and shuffled on the tag: every table puts a member in the same partition."""
-        import dask.dataframe as dd
-
-        n = self.partitions
-        tables = {}
-        for table in c.TABLES:
-            if not dataset.has(table):
-                continue
-            frame = dd.read_parquet(str(dataset.table_path(table)))
-            if table in c.TIME_COLUMN:  # later rows never count: do not ship them
-                frame = frame[frame[c.TIME_COLUMN[table]] < as_of]
-            tables[table] = frame.map_partitions(tag_partition, n).shuffle(PART, npartitions=n)
-        return tables
-
     def _run(self, dataset: Dataset, as_of: pd.Timestamp, function, *args) -> list:
-        from dask import delayed
-
-        parts = {name: frame.to_delayed() for name, frame in self._tables(dataset, as_of).items()}
-        tasks = [
-            delayed(function)({name: pieces[i] for name, pieces in parts.items()}, as_of, *args)
-            for i in range(self.partitions)
-        ]
+        """`function(files, as_of, *args)` on the workers, one task per group of member buckets: every table's
+        files of those buckets hold all the rows of their members, so nothing is shuffled or moved but the
+        file names and the results."""
+        if dataset.buckets is None:
+            raise RetainError(
+                f"{dataset.path} was written before member buckets, which the Dask engine reads; rewrite it with "
+                f"`retain rebucket --data {dataset.path}` (the local engine reads it as it is)."
+            )
+        tables = [table for table in c.TABLES if dataset.has(table)]
+        tasks = []
+        for group in bucket_groups(dataset.buckets, self.partitions):
+            files = {table: [str(p) for p in dataset.bucket_files(table, group)] for table in tables}
+            if files["orders"]:
+                tasks.append(self.client.submit(function, files, as_of, *args, pure=False))
         try:
-            return self.client.compute(tasks, sync=True)
+            return self.client.gather(tasks)
         except Exception as exc:  # a lost worker, a dead scheduler: one sentence, not a traceback
             raise RetainError(
                 f"The Dask computation failed ({type(exc).__name__}: {exc}); nothing was written."
             ) from None
 
     def features(self, dataset: Dataset, as_of: pd.Timestamp) -> pd.DataFrame:
-        parts = self._run(dataset, as_of, partition_features, self.config.data)
+        parts = self._run(dataset, as_of, bucket_features, self.config.data)
         return combine([p for p in parts if len(p)])
 
     def score(self, dataset: Dataset, as_of: pd.Timestamp, scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
         [shared] = self.client.scatter([scorer], broadcast=True)  # the models go to each worker once
-        parts = self._run(dataset, as_of, partition_scores, self.config.data, shared)
+        parts = self._run(dataset, as_of, bucket_scores, self.config.data, shared)
         parts = [p for p in parts if len(p[0])]
         return combine([f for f, _ in parts]), combine([s for _, s in parts])
 
@@ -181,12 +191,6 @@ def cluster_security(engine: EngineConfig):
             "README, Scale), or set engine.allow_insecure = true on a private network you trust."
         )
     return None
-
-
-def tag_partition(frame: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Add the member's partition: a stable hash of member_id mod n (the same in every table)."""
-    hashed = pd.util.hash_array(frame[c.MEMBER_ID].to_numpy(dtype=object))
-    return frame.assign(**{PART: (hashed % np.uint64(n)).astype("int64")})
 
 
 def combine(parts: list[pd.DataFrame]) -> pd.DataFrame:

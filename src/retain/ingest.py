@@ -17,7 +17,7 @@ import pandas as pd
 
 from retain import contract as c
 from retain import order_lines as lines
-from retain.config import DEFAULT_TIMEZONE
+from retain.config import DEFAULT_BUCKETS, DEFAULT_TIMEZONE
 from retain.dataset import atomic_folder, write_metadata, write_tables
 from retain.errors import RetainError
 
@@ -391,8 +391,10 @@ def ingest(
     max_bad_share: float = 0.01,
     currency: str = "CNY",
     timezone: str = DEFAULT_TIMEZONE,
+    buckets: int = DEFAULT_BUCKETS,
 ) -> dict:
-    """Validate the source files and write the canonical dataset to `out`, atomically.
+    """Validate the source files and write the canonical dataset to `out` (each table in `buckets` member
+    buckets), atomically.
 
     Returns the ingest report. Raises `IngestRejected` (writing nothing) when a table's
     quarantined share passes `max_bad_share`, and `RetainError` for a file that cannot be read.
@@ -420,14 +422,15 @@ def ingest(
     report = {"tables": {t: r.report() for t, r in results.items()}, "observed_until": observed_until.isoformat()}
     with atomic_folder(Path(out)) as folder:
         (folder / "quarantine").mkdir()
-        write_tables(folder, {table: result.rows for table, result in results.items()})
+        write_tables(folder, {table: result.rows for table, result in results.items()}, buckets)
         for table, result in results.items():
             quarantine = result.quarantine_file()
             if len(quarantine):
                 quarantine.astype({col: str for col in quarantine.columns if col != c.QUARANTINE_ROW}).to_parquet(
                     folder / "quarantine" / f"{table}.parquet", index=False
                 )
-        write_metadata(folder, observed_until, currency, extra={"source": "ingest", "timezone": timezone})
+        extra = {"source": "ingest", "timezone": timezone, "buckets": buckets}
+        write_metadata(folder, observed_until, currency, extra=extra)
         (folder / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

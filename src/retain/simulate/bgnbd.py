@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retain import contract as c
-from retain.dataset import atomic_folder, write_metadata
+from retain.config import DEFAULT_BUCKETS
+from retain.dataset import atomic_folder, write_buckets, write_metadata
 from retain.simulate.state import ids
 
 WEEK_US = 7 * 86_400 * 1_000_000
@@ -33,6 +34,7 @@ def simulate_bgnbd(
     start: pd.Timestamp | None = None,
     entry_weeks: float = 12.0,
     currency: str = "USD",
+    buckets: int = DEFAULT_BUCKETS,
 ) -> dict:
     """Write a BG/NBD purchase log over `weeks` weeks to the dataset folder `out`; return its metadata."""
     start = pd.Timestamp(start if start is not None else "1997-01-01")
@@ -71,7 +73,7 @@ def simulate_bgnbd(
     )
     observed_until = pd.Timestamp(start) + pd.Timedelta(weeks=weeks)
     with atomic_folder(Path(out)) as folder:
-        pq.write_table(orders, folder / "orders.parquet")
+        write_buckets(folder, "orders", orders, buckets)
         pq.write_table(truth, folder / "truth.parquet")
         extra = {
             "source": "simulate",
@@ -82,5 +84,6 @@ def simulate_bgnbd(
                 "params": {"r": r, "alpha": alpha, "a": a, "b": b},
                 "seed": seed,
             },
+            "buckets": buckets,
         }
         return write_metadata(folder, observed_until.normalize(), currency, extra=extra)

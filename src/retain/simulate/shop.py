@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from scipy import stats
 
 from retain import contract as c
-from retain.dataset import atomic_folder, write_metadata
+from retain.config import DEFAULT_BUCKETS
+from retain.dataset import atomic_folder, write_buckets, write_metadata
 from retain.simulate import process as proc
 from retain.simulate.state import History, Members
 from retain.simulate.tables import chunk_tables
@@ -219,6 +220,7 @@ def simulate_shop(
     currency: str = "CNY",
     process: proc.ShopProcess = proc.PROCESS,
     on_chunk: Callable[[int, int], None] | None = None,
+    buckets: int = DEFAULT_BUCKETS,
 ) -> dict:
     """Simulate `members` members over `days` days into the dataset folder `out`; return its metadata."""
     start = pd.Timestamp(start if start is not None else DEFAULT_START)
@@ -227,7 +229,6 @@ def simulate_shop(
     width = max(7, len(str(members)))
     n_chunks = -(-members // CHUNK_MEMBERS)
     with atomic_folder(Path(out)) as folder:
-        writers = {name: pq.ParquetWriter(folder / f"{name}.parquet", schema) for name, schema in TABLE_SCHEMAS.items()}
         truth_writer = None
         try:
             for k in range(n_chunks):
@@ -236,19 +237,19 @@ def simulate_shop(
                 drawn = draw_members(rng, hi - lo, days, process)
                 history = run_days(rng, drawn, calendar, process)
                 tables = chunk_tables(rng, k, lo, drawn, history, calendar, start_us, width, process)
-                for name, writer in writers.items():
-                    writer.write_table(tables[name].cast(TABLE_SCHEMAS[name]))
+                for name, schema in TABLE_SCHEMAS.items():  # each chunk's rows into the member buckets
+                    write_buckets(folder, name, tables[name].cast(schema), buckets, part=f"chunk-{k:04d}")
                 truth_writer = truth_writer or pq.ParquetWriter(folder / "truth.parquet", tables["truth"].schema)
                 truth_writer.write_table(tables["truth"])
                 if on_chunk:
                     on_chunk(k + 1, n_chunks)
         finally:
-            for writer in [*writers.values(), truth_writer]:
-                if writer is not None:
-                    writer.close()
+            if truth_writer is not None:
+                truth_writer.close()
         extra = {
             "source": "simulate",
             "simulator": {"members": members, "days": days, "seed": seed, "start": start.isoformat()},
+            "buckets": buckets,
         }
         metadata = write_metadata(folder, calendar[-1] + pd.Timedelta(days=1), currency, extra=extra)
     return metadata
