@@ -3,9 +3,12 @@
 
 Each run is `retain features` or `retain export` in its own process (`RETAIN_ENGINE_KIND=local|dask`),
 timed from start to exit (the Dask runs include starting the cluster) with the peak memory of the
-whole process tree (driver plus Dask workers, polled every 0.2 s). The shops are simulated once into
-data/bench_<n> (1,000,000 is data/bench_1m, shared with the other benchmarks); the export uses the
-demo's champions (`make demo` first). The Dask export's files are checked to be the local one's.
+whole process tree (driver plus Dask workers, polled every 0.2 s) and of its largest child process (a
+Dask worker). The shops are simulated once into data/bench_<n> (1,000,000 is data/bench_1m, shared with
+the other benchmarks) in member buckets of a fixed size (one bucket per 15,625 members: 16 at 250,000,
+64 at 1,000,000; a shop written before buckets is rebucketed), and Dask runs one task per bucket, so a
+worker's task is the same size at every scale. The export uses the demo's champions (`make demo`
+first). The Dask export's files are checked to be the local one's.
 
 Run: .venv/bin/python bench/bench_engine.py [--sizes 250000,500000,1000000]
 """
@@ -23,35 +26,47 @@ from pathlib import Path
 
 import psutil
 
+from retain.dataset import open_dataset, rebucket
 from retain.simulate import simulate_shop
 
 AS_OF = "2025-12-31"
 
 
+MEMBERS_PER_BUCKET = 15_625
+
+
 def dataset_for(members: int) -> Path:
+    """The shop of this size in buckets of MEMBERS_PER_BUCKET members (simulated or rebucketed once)."""
     path = Path("data/bench_1m" if members == 1_000_000 else f"data/bench_{members // 1000}k")
+    buckets = max(1, members // MEMBERS_PER_BUCKET)
     if not (path / "dataset.json").exists():
-        print(f"simulating {members:,} members into {path} (once)", flush=True)
-        simulate_shop(path, members, 730, seed=42)
+        print(f"simulating {members:,} members into {path} ({buckets} buckets, once)", flush=True)
+        simulate_shop(path, members, 730, seed=42, buckets=buckets)
+    elif open_dataset(path).buckets != buckets:
+        print(f"rewriting {path} into {buckets} member buckets (once)", flush=True)
+        rebucket(open_dataset(path), buckets)
     return path
 
 
-def measure(command: list[str], env: dict) -> tuple[float, float]:
-    """Wall seconds and the peak RSS (GiB) of the process and all its children."""
+def measure(command: list[str], env: dict) -> tuple[float, float, float]:
+    """Wall seconds, the peak RSS (GiB) of the process and all its children, and the peak of its largest
+    child (a Dask worker; 0 without children)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    parent, peak = psutil.Process(process.pid), 0
+    parent, peak, child_peak = psutil.Process(process.pid), 0, 0
     while process.poll() is None:
         try:
-            tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            children = parent.children(recursive=True)
+            sizes = [p.memory_info().rss for p in children if p.is_running()]
+            peak = max(peak, parent.memory_info().rss + sum(sizes))
+            child_peak = max(child_peak, *sizes, 0)
         except psutil.Error:
             pass
         time.sleep(0.2)
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read()[-2000:]}")
-    return seconds, peak / 2**30
+    return seconds, peak / 2**30, child_peak / 2**30
 
 
 def main() -> int:
@@ -64,8 +79,14 @@ def main() -> int:
         data = dataset_for(members)
         with tempfile.TemporaryDirectory() as tmp:
             out = {}
+            buckets = open_dataset(data).buckets
             for kind in ("local", "dask"):
-                env = {**os.environ, "RETAIN_ENGINE_KIND": kind, "RETAIN_SERVING_SNAPSHOT_DIR": f"{tmp}/snap-{kind}"}
+                env = {
+                    **os.environ,
+                    "RETAIN_ENGINE_KIND": kind,
+                    "RETAIN_ENGINE_PARTITIONS": str(buckets),  # one task per bucket: the same size at every scale
+                    "RETAIN_SERVING_SNAPSHOT_DIR": f"{tmp}/snap-{kind}",
+                }
                 features = [
                     *retain,
                     "features",
@@ -76,21 +97,28 @@ def main() -> int:
                     "--out",
                     f"{tmp}/f-{kind}.parquet",
                 ]
-                f_seconds, f_gib = measure(features, env)
+                f_seconds, f_gib, f_worker = measure(features, env)
                 out[kind] = f"{tmp}/out-{kind}"
                 exporting = [*retain, "export", "--data", str(data), "--date", AS_OF, "--out", out[kind]]
-                e_seconds, e_gib = measure(exporting, env)
-                rows.append((members, kind, f_seconds, f_gib, e_seconds, e_gib))
+                e_seconds, e_gib, e_worker = measure(exporting, env)
+                rows.append((members, kind, f_seconds, f_gib, f_worker, e_seconds, e_gib, e_worker))
                 print(
-                    f"{members:>9,} {kind:>5}: features {f_seconds:6.1f} s {f_gib:5.2f} GiB | "
-                    f"export {e_seconds:6.1f} s {e_gib:5.2f} GiB",
+                    f"{members:>9,} {kind:>5}: features {f_seconds:6.1f} s {f_gib:5.2f} GiB (largest worker "
+                    f"{f_worker:4.2f}) | export {e_seconds:6.1f} s {e_gib:5.2f} GiB (largest worker {e_worker:4.2f})",
                     flush=True,
                 )
             same = [json.loads(Path(out[k], AS_OF, "MANIFEST.json").read_text())["at_risk.parquet"] for k in out]
             print(f"{members:>9,} the Dask list is the local one: {same[0] == same[1]}", flush=True)
-    print("\nmembers | engine | features s | features GiB | export s | export GiB")
-    for members, kind, fs, fg, es, eg in rows:
-        print(f"{members:,} | {kind} | {fs:.1f} | {fg:.2f} | {es:.1f} | {eg:.2f}")
+            local, dask = rows[-2], rows[-1]
+            print(
+                f"{members:>9,} dask / local: features {dask[2] / local[2]:.2f}x time, "
+                f"{dask[3] / local[3]:.2f}x memory; export {dask[5] / local[5]:.2f}x time, "
+                f"{dask[6] / local[6]:.2f}x memory",
+                flush=True,
+            )
+    print("\nmembers | engine | features s | features GiB | largest worker | export s | export GiB | largest worker")
+    for members, kind, fs, fg, fw, es, eg, ew in rows:
+        print(f"{members:,} | {kind} | {fs:.1f} | {fg:.2f} | {fw:.2f} | {es:.1f} | {eg:.2f} | {ew:.2f}")
     return 0
 
 
