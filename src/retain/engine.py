@@ -133,14 +133,23 @@ class DaskEngine:
                 f"{dataset.path} was written before member buckets, which the Dask engine reads; rewrite it with "
                 f"`retain rebucket --data {dataset.path}` (the local engine reads it as it is)."
             )
+        from distributed import as_completed
+
         tables = [table for table in c.TABLES if dataset.has(table)]
         tasks = []
         for group in bucket_groups(dataset.buckets, self.partitions):
             files = {table: [str(p) for p in dataset.bucket_files(table, group)] for table in tables}
             if files["orders"]:
                 tasks.append(self.client.submit(function, files, as_of, *args, pure=False))
+        order = {task.key: i for i, task in enumerate(tasks)}
+        results: list = [None] * len(tasks)
         try:
-            return self.client.gather(tasks)
+            # each result is fetched as soon as its task ends and released on the worker, so a worker holds
+            # one bucket group's rows and result at a time, not the results of all its tasks
+            for task, result in as_completed(tasks, with_results=True):
+                results[order[task.key]] = result
+                task.release()
+            return results
         except Exception as exc:  # a lost worker, a dead scheduler: one sentence, not a traceback
             raise RetainError(
                 f"The Dask computation failed ({type(exc).__name__}: {exc}); nothing was written."
