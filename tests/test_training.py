@@ -416,3 +416,31 @@ def test_an_anchored_candidate_without_trees_is_the_simplest():
     assert selection.simplest_first(fitted) == ["lightgbm_anchored", "bgnbd_logistic", "lightgbm"]
     fitted["lightgbm_anchored"].family = "lightgbm_anchored"  # with trees: the configured order
     assert selection.simplest_first(fitted) == ["bgnbd_logistic", "lightgbm_anchored", "lightgbm"]
+
+
+@pytest.mark.slow
+def test_past_max_rows_the_fit_takes_a_member_sample_and_loses_little(small_shop, config):
+    """Training past the driver: a member sample (the same members in every snapshot) that fits in
+    `training.max_rows`, measured against the full fit on the same held-out cutoff."""
+    cutoff, task = pd.Timestamp("2024-11-01"), "repurchase"
+    full_snapshots = backtest.Snapshots(small_shop, config)
+    plan = backtest.plan_snapshots(small_shop, cutoff, 30, config)
+    x_full, _ = full_snapshots.stacked(plan.fit_dates, task, 30)
+    limit = len(x_full) // 2
+    sampled = dataclasses.replace(config, training=dataclasses.replace(config.training, max_rows=limit))
+    snapshots = backtest.Snapshots(small_shop, sampled)
+    x, _ = snapshots.stacked(plan.fit_dates, task, 30)
+    assert 0.4 * len(x_full) < len(x) <= 0.6 * len(x_full)
+    # a member sampled in one snapshot is sampled in all: each kept member keeps all its rows
+    kept = set(x.index)
+    assert x.index.value_counts().sum() == x_full.index[x_full.index.isin(kept)].size
+    results = {}
+    for name, snaps in (("full", full_snapshots), ("sample", snapshots)):
+        fitted = backtest.fit_for_cutoff(snaps, cutoff, task, 30)
+        result, _, _ = backtest.evaluate_at(snaps, fitted, task)
+        results[name] = result["models"][result["selected"]]
+    assert results["sample"]["roc_auc"] > results["full"]["roc_auc"] - 0.03
+    assert (
+        backtest.member_sample(pd.Index(["a", "b"]), 1.0).all()
+        and not backtest.member_sample(pd.Index(["a"]), 0.0).any()
+    )

@@ -110,8 +110,22 @@ class Snapshots:
         return x, y
 
     def stacked(self, dates, task: str, horizon_days: int) -> tuple[pd.DataFrame, pd.Series]:
+        """The snapshots of `dates` stacked; past `training.max_rows` rows, a sample of the members (by a
+        hash of member_id, so a member sampled in one snapshot is in all of them) that fits in it."""
         parts = [self.labelled(d, task, horizon_days) for d in dates]
-        return pd.concat([x for x, _ in parts]), pd.concat([y for _, y in parts])
+        x, y = pd.concat([x for x, _ in parts]), pd.concat([y for _, y in parts])
+        limit = self.config.training.max_rows
+        if limit and len(x) > limit:
+            keep = member_sample(x.index, limit / len(x))
+            x, y = x[keep], y[keep]
+        return x, y
+
+
+def member_sample(member_ids: pd.Index, share: float) -> np.ndarray:
+    """True for about `share` of the members, the same ones every time: a member is in when the hash of its
+    id, read as a number in [0, 1), is below `share`."""
+    hashed = pd.util.hash_array(member_ids.to_numpy(dtype=object), hash_key="retain-sample-01")
+    return hashed / np.float64(2**64) < share
 
 
 @dataclass

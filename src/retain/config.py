@@ -76,6 +76,7 @@ class TrainingConfig:
     min_repeat_members: int = 200
     seed: int = 7
     min_history_days: int = 60  # the earliest snapshot leaves this much order history before it
+    max_rows: int = 0  # past this many stacked training rows, fit on a member sample that fits (0: no limit)
 
 
 # The model candidates, simplest first (`retain.selection` says what each is). By default a shop
