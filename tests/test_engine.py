@@ -71,6 +71,20 @@ def test_the_dask_engine_maps_member_buckets_and_never_shuffles(small_shop, conf
     pd.testing.assert_frame_equal(distributed, local, rtol=1e-9)
 
 
+def test_a_table_absent_from_some_buckets_is_empty_there_not_missing(small_shop, config, dask_engine, tmp_path):
+    """A small table (one suppression, one subscription) has files in one bucket only: the other tasks see it
+    empty, as the local engine does for members without rows (counts 0, not missing), and nothing fails."""
+    from conftest import make_dataset
+
+    tables = {t: small_shop.read(t) for t in ("orders", "events", "members", "subscriptions", "suppressions")}
+    tables["subscriptions"] = tables["subscriptions"].head(1)
+    tables["suppressions"] = tables["suppressions"].head(1)
+    sparse = make_dataset(tmp_path, tables, str(small_shop.observed_until), "sparse")
+    assert len(sparse.files("suppressions")) == 1 < dask_engine.partitions
+    as_of = pd.Timestamp("2024-11-01")
+    pd.testing.assert_frame_equal(dask_engine.features(sparse, as_of), LocalEngine(config).features(sparse, as_of))
+
+
 def test_a_dataset_written_before_buckets_is_one_sentence_for_dask(small_shop, dask_engine, tmp_path):
     import json
 

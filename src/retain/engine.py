@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from retain import connection
 from retain import contract as c
@@ -68,25 +70,33 @@ def partition_features(frames: dict[str, pd.DataFrame], as_of: pd.Timestamp, dat
         con.close()
 
 
-def read_bucket_group(files: dict[str, list[str]], as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
-    """On a worker: the rows of one group of member buckets, every table, dated before `as_of` (later rows
-    never count: they are not read)."""
-    frames = {}
-    for table, paths in files.items():
-        column = c.TIME_COLUMN.get(table)
-        where = (pads.field(column) < pa.scalar(as_of.to_datetime64(), pa.timestamp("us"))) if column else None
-        frames[table] = pads.dataset(paths, format="parquet").to_table(filter=where).to_pandas()
-    return frames
+@dataclass(frozen=True)
+class BucketGroup:
+    """What one task reads: each present table's files in a group of member buckets, and the table's
+    schema (a small table may have no file in the group: it is then empty there, not missing)."""
+
+    files: dict[str, list[str]]
+    schemas: dict[str, pa.Schema]
+
+    def read(self, as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
+        """On a worker: the group's rows of every table, dated before `as_of` (later rows are not read)."""
+        frames = {}
+        for table, paths in self.files.items():
+            column = c.TIME_COLUMN.get(table)
+            where = (pads.field(column) < pa.scalar(as_of.to_datetime64(), pa.timestamp("us"))) if column else None
+            rows = pads.dataset(paths, schema=self.schemas[table], format="parquet").to_table(filter=where)
+            frames[table] = rows.to_pandas()
+        return frames
 
 
-def bucket_features(files: dict[str, list[str]], as_of: pd.Timestamp, data_config: DataConfig) -> pd.DataFrame:
-    return partition_features(read_bucket_group(files, as_of), as_of, data_config)
+def bucket_features(group: BucketGroup, as_of: pd.Timestamp, data_config: DataConfig) -> pd.DataFrame:
+    return partition_features(group.read(as_of), as_of, data_config)
 
 
 def bucket_scores(
-    files: dict[str, list[str]], as_of: pd.Timestamp, data_config: DataConfig, scorer
+    group: BucketGroup, as_of: pd.Timestamp, data_config: DataConfig, scorer
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    features = bucket_features(files, as_of, data_config)
+    features = bucket_features(group, as_of, data_config)
     return features, scorer.score(features, as_of) if len(features) else pd.DataFrame()
 
 
@@ -125,7 +135,7 @@ class DaskEngine:
         self.partitions = partitions or config.engine.partitions
 
     def _run(self, dataset: Dataset, as_of: pd.Timestamp, function, *args) -> list:
-        """`function(files, as_of, *args)` on the workers, one task per group of member buckets: every table's
+        """`function(group, as_of, *args)` on the workers, one task per group of member buckets: every table's
         files of those buckets hold all the rows of their members, so nothing is shuffled or moved but the
         file names and the results."""
         if dataset.buckets is None:
@@ -136,11 +146,12 @@ class DaskEngine:
         from distributed import as_completed
 
         tables = [table for table in c.TABLES if dataset.has(table)]
+        schemas = {table: pq.read_schema(dataset.files(table)[0]) for table in tables}
         tasks = []
-        for group in bucket_groups(dataset.buckets, self.partitions):
-            files = {table: [str(p) for p in dataset.bucket_files(table, group)] for table in tables}
-            if files["orders"]:
-                tasks.append(self.client.submit(function, files, as_of, *args, pure=False))
+        for buckets in bucket_groups(dataset.buckets, self.partitions):
+            group = BucketGroup({t: [str(p) for p in dataset.bucket_files(t, buckets)] for t in tables}, schemas)
+            if group.files["orders"]:
+                tasks.append(self.client.submit(function, group, as_of, *args, pure=False))
         order = {task.key: i for i, task in enumerate(tasks)}
         results: list = [None] * len(tasks)
         try:
