@@ -83,14 +83,14 @@ def simulate(
     from retain.simulate import simulate_bgnbd, simulate_shop
 
     start_day = parse_date(start, "--start")
+    data = settings(config).data
     if process == "bgnbd":
         values = _parse_params(params)
-        buckets = settings(config).data.buckets
-        metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day, buckets=buckets)
+        metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day, buckets=data.buckets)
     elif process == "shop":
         from retain.simulate.process import PROCESS
 
-        windows = tuple(tuple(window) for window in settings(config).data.promotion_windows)  # one calendar
+        windows = tuple(tuple(window) for window in data.promotion_windows)  # one calendar
         shop = dataclasses.replace(PROCESS, promotion_windows=windows)
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("simulating members", total=None)
@@ -100,9 +100,9 @@ def simulate(
                 days,
                 seed,
                 start=start_day,
-                currency=settings(config).data.currency,
+                currency=data.currency,
                 process=shop,
-                buckets=settings(config).data.buckets,
+                buckets=data.buckets,
                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
             )
     else:

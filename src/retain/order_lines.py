@@ -119,8 +119,10 @@ def line_amounts(text: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Per line: (amount, quantity, True where a number does not parse). The amount is `line_amount` where
     mapped, else quantity (1 when not mapped) x `unit_price`; a cancellation's amount is negative or not,
     as the file has it (callers take its size)."""
-    quantity, bad = signed_number(text[c.QUANTITY]) if c.QUANTITY in text else (pd.Series(1.0, index=text.index), None)
-    bad = pd.Series(False, index=text.index) if bad is None else bad
+    if c.QUANTITY in text:
+        quantity, bad = signed_number(text[c.QUANTITY])
+    else:
+        quantity, bad = pd.Series(1.0, index=text.index), pd.Series(False, index=text.index)
     if LINE_AMOUNT in text:
         amount, bad_amount = signed_number(text[LINE_AMOUNT])
     else:
