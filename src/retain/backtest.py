@@ -18,7 +18,7 @@ import pandas as pd
 from retain import features as feature_builder
 from retain import labels, models, promotions, selection
 from retain.config import Config, LightGBMConfig
-from retain.dataset import Dataset
+from retain.dataset import Dataset, member_hash
 from retain.errors import RetainError
 from retain.evaluation import evaluate, paired_bootstrap_auc_gain
 
@@ -124,8 +124,7 @@ class Snapshots:
 def member_sample(member_ids: pd.Index, share: float) -> np.ndarray:
     """True for about `share` of the members, the same ones every time: a member is in when the hash of its
     id, read as a number in [0, 1), is below `share`."""
-    hashed = pd.util.hash_array(member_ids.to_numpy(dtype=object), hash_key="retain-sample-01")
-    return hashed / np.float64(2**64) < share
+    return member_hash(member_ids, key="retain-sample-01") / np.float64(2**64) < share
 
 
 @dataclass

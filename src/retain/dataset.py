@@ -32,11 +32,16 @@ METADATA_FILE = "dataset.json"
 BUCKET = "member_bucket"
 
 
+def member_hash(member_ids, key: str | None = None) -> np.ndarray:
+    """A stable 64-bit hash of each member_id (pandas' SipHash, with its fixed key or a 16-character `key`
+    of the caller's): the same on every machine and in every run."""
+    values = np.asarray(member_ids, dtype=object)
+    return pd.util.hash_array(values) if key is None else pd.util.hash_array(values, hash_key=key)
+
+
 def member_buckets(member_ids, buckets: int) -> np.ndarray:
-    """Each member's bucket: a stable hash of member_id (pandas' SipHash with its fixed key, the same on
-    every machine) mod `buckets`."""
-    hashed = pd.util.hash_array(np.asarray(member_ids, dtype=object))
-    return (hashed % np.uint64(buckets)).astype(np.int64)
+    """Each member's bucket: `member_hash` mod `buckets`."""
+    return (member_hash(member_ids) % np.uint64(buckets)).astype(np.int64)
 
 
 def bucket_name(k: int, buckets: int) -> str:
