@@ -52,10 +52,7 @@ def offer_outcomes(
     days = int(days)
     since = pd.Timestamp(since) if since is not None else pd.Timestamp("1900-01-01")
     until = pd.Timestamp(until) if until is not None else dataset.observed_until
-    with dataset_connection(dataset) as (con, _):
-        present = {row[0] for row in con.execute("DESCRIBE offers").fetchall()}  # value, redeemed_at: optional
-        value = "coalesce(s.value, 0)" if "value" in present else "0"
-        redeemed = "s.redeemed_at IS NOT NULL AND s.redeemed_at < s.window_end" if "redeemed_at" in present else "FALSE"
+    with dataset_connection(dataset) as (con, _):  # the view has every contract column: NULL where absent
         return con.execute(
             f"""
             WITH sent AS (
@@ -65,7 +62,8 @@ def offer_outcomes(
             )
             SELECT s.offer_id, s.member_id, s.offer_type, date_trunc('day', s.sent_at) AS sent_day, s.treated,
                    count(o.member_id) AS orders, coalesce(sum(o.amount), 0) AS amount,
-                   CASE WHEN s.treated AND {redeemed} THEN {value} ELSE 0 END AS discount
+                   CASE WHEN s.treated AND s.redeemed_at < s.window_end THEN coalesce(s.value, 0) ELSE 0 END
+                       AS discount
             FROM sent s
             LEFT JOIN orders o
               ON o.member_id = s.member_id AND o.ordered_at >= s.sent_at AND o.ordered_at < s.window_end
