@@ -107,3 +107,12 @@ def test_retain_readout_prints_every_campaign_and_writes_json(shop, config, tmp_
         timeout=120,
     )
     assert bad.returncode == 2 and "--since must be a date" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_offers_without_value_or_redemption_columns_read_out_with_no_discount(tmp_path):
+    """A shop's send log may hold neither the coupon's value nor its redemption: the discount is then 0."""
+    orders = orders_frame([("a", "2025-01-05", 50), ("a", "2025-03-03", 80)])
+    offers = offers_frame([("o-a", "a", "2025-03-01", True, 10.0, "2025-03-03")]).drop(columns=["value", "redeemed_at"])
+    ds = make_dataset(tmp_path, {"orders": orders, "offers": offers}, "2025-06-01")
+    (row,) = readout.offer_outcomes(ds, 14).to_dict("records")
+    assert (row["orders"], row["amount"], row["discount"]) == (1, 80.0, 0)
