@@ -46,7 +46,7 @@ simulate: setup ## Simulate the demo shop into data/demo (50,000 members over 73
 demo: setup $(DATA)/dataset.json ## Install, build the demo dataset, train and register the models, export the day's list
 	$(RETAIN) features --data $(DATA) --as-of $$($(PY) -c "import json; print(json.load(open('$(DATA)/dataset.json'))['observed_until'][:10])") --out $(DATA)/features_latest.parquet
 	$(RETAIN) train --data $(DATA)
-	$(RETAIN) export --data $(DATA) --out $(OUT)
+	$(RETAIN) export --data $(DATA) --out $(OUT) --force
 
 train: setup $(DATA)/dataset.json ## Fit, backtest, log to MLflow and gate the models (make train DATA=data/shop)
 	$(RETAIN) train --data $(DATA)

@@ -33,7 +33,7 @@ class FixedValue:
 class GrowingUplift(UpliftModel):
     """Uplift that rises with the coupon's value, with diminishing returns (0.02, 0.035, 0.045)."""
 
-    def predict_tiers(self, matrix, coupon_values, reachable=None):  # a learnt uplift: not scaled
+    def predict_tiers(self, matrix, coupon_values, reachable=None, stage=None):  # a learnt uplift: not scaled
         by_value = dict(zip(TIERS.values(), UPLIFTS, strict=True))
         return [np.full(len(matrix), by_value[value]) for value in coupon_values]
 
@@ -149,7 +149,8 @@ def test_segments_cross_lifecycle_and_value_by_the_configured_rule(config):
     value = np.array([50.0, 600.0, 200.0, 200.0])
     churn = np.array([0.1, 0.4, 0.7, 0.9])
     tenure = np.array([10.0, 200.0, 200.0, 200.0])
-    assert decisions.segment(tenure, churn, value, config).tolist() == [
+    stage = decisions.lifecycle(tenure, churn, config)
+    assert decisions.segment(stage, value, config).tolist() == [
         "new_low",
         "at_risk_high",
         "sleeping_potential",

@@ -172,6 +172,30 @@ def test_the_prior_model_serves_the_measured_prior_scaled_by_reach(config):
     assert uplift.prior_model(config, ["x"], "configured").prior_uplift == config.winback.prior_uplift
 
 
+def test_each_stage_gets_the_rise_measured_on_its_own_campaign_members(config):
+    """Two campaigns (days), each with at-risk and sleeping members in both arms: the rise per unit of reach
+    is measured apart per stage; a stage without a measured rise gets the pooled prior."""
+    rows = []
+    for day in ("d1", "d2"):
+        for stage, n_t, bought_t, n_c, bought_c, reach in (
+            ("at_risk", 10, 6, 10, 2, 0.5),  # 0.6 - 0.2 = 0.4 over a reach of 0.5: 0.8
+            ("sleeping", 10, 3, 10, 2, 0.25),  # 0.3 - 0.2 = 0.1 over 0.25: 0.4
+        ):
+            for treated, n, bought in ((True, n_t, bought_t), (False, n_c, bought_c)):
+                rows += [(day, stage, treated, int(i < bought), reach) for i in range(n)]
+    offers = pd.DataFrame(rows, columns=["sent_day", "stage", "treated", "bought", "reach"])
+    measured = uplift.stage_priors(offers)
+    assert measured["at_risk"]["estimate"] == pytest.approx(0.8)
+    assert measured["sleeping"]["estimate"] == pytest.approx(0.4)
+    assert measured["at_risk"]["ci_low"] < 0.8 < measured["at_risk"]["ci_high"]
+
+    model = uplift.prior_model(config, ["x"], "measured", prior_uplift=0.1)
+    model.stage_priors = {"at_risk": 0.8}
+    stage = np.array(["at_risk", "sleeping", "lost"])
+    (uplifts,) = model.predict_tiers(np.zeros((3, 1)), [10.0], np.array([0.5, 0.5, 0.1]), stage)
+    assert uplifts.tolist() == pytest.approx([0.4, 0.05, 0.01])
+
+
 def test_an_offer_counts_as_bought_only_for_a_paid_order_inside_its_window(tmp_path):
     orders = orders_frame(
         [

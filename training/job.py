@@ -188,8 +188,10 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
             bought[held_out & treated].mean() - bought[held_out & ~treated].mean()
         )
         metrics["held_out_predicted_uplift"] = float(predicted.mean())
-    prior, prior_note = measured_prior(registry, snapshots, x, offers)
+    prior, by_stage, prior_note = measured_prior(registry, snapshots, x, offers)
     metrics.update({f"prior_uplift_{k}": v for k, v in (prior or {}).items()})
+    for stage, measured in by_stage.items():
+        metrics.update({f"prior_uplift_{stage}_{k}": v for k, v in measured.items()})
     prior_uplift = prior["estimate"] if prior and prior["ci_low"] > 0 else None
     refit = uplift_models.fit_uplift(x, offers, config, seed, prior_uplift)
     earns, why = promotion.uplift_earns_its_place(interval)
@@ -201,6 +203,8 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
         model = uplift_models.prior_model(config, names, f"the T-learner's {why}", prior_uplift)
         reason = f"priors: the T-learner's {why}"
     reason += f"; {prior_note}"
+    # where the prior serves (every member, or those outside past campaigns' reach): its stage's rise if measured
+    model.stage_priors = {stage: m["estimate"] for stage, m in by_stage.items() if m["ci_low"] > 0}
     kept = uplift_models.kept_per_buyer(offers, seed=seed)
     metrics.update({f"kept_per_buyer_{k}": v for k, v in (kept or {}).items()})
     model.kept_per_buyer = None if kept is None else kept["estimate"]
@@ -244,26 +248,39 @@ def train_uplift(registry: Registry, snapshots: backtest.Snapshots) -> dict:
 
 def measured_prior(
     registry: Registry, snapshots: backtest.Snapshots, x: pd.DataFrame, offers: pd.DataFrame
-) -> tuple[dict[str, float] | None, str]:
+) -> tuple[dict[str, float] | None, dict[str, dict[str, float]], str]:
     """The prior uplift measured on past campaigns (`uplift.campaign_prior`), each offer's reach being
-    1 - the churn champion's risk for the member on the day it was sent; and a sentence saying which prior
-    serves. The measured one replaces `winback.prior_uplift` when its 95% interval is above 0."""
+    1 - the churn champion's risk for the member on the day it was sent; the same per lifecycle stage on that
+    day (`uplift.stage_priors`); and a sentence saying which prior serves. A measured rise replaces
+    `winback.prior_uplift` (the pooled one for every member, a stage's for its members) when its 95%
+    interval is above 0."""
     config, configured = snapshots.config, snapshots.config.winback.prior_uplift
     champion = registry.load("churn")
     if champion is None or offers.empty:
-        return None, f"prior uplift {configured} as configured (no past campaigns or no churn model to measure it)"
-    reach = np.full(len(offers), np.nan)
+        note = f"prior uplift {configured} as configured (no past campaigns or no churn model to measure it)"
+        return None, {}, note
+    churn = np.full(len(offers), np.nan)
+    stage = np.full(len(offers), "", dtype=object)
     for day, rows in offers.groupby("sent_day").indices.items():
         column = decisions.Columns(x.iloc[rows])
         summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
-        reach[rows] = 1.0 - task_probability(champion[0], column, summary, pd.Timestamp(day), config)
-    prior = uplift_models.campaign_prior(offers.assign(reach=reach))
+        churn[rows] = task_probability(champion[0], column, summary, pd.Timestamp(day), config)
+        stage[rows] = np.asarray(decisions.STAGES)[decisions.lifecycle(column("tenure_days"), churn[rows], config)]
+    with_reach = offers.assign(reach=1.0 - churn, stage=stage)
+    prior, by_stage = uplift_models.campaign_prior(with_reach), uplift_models.stage_priors(with_reach)
     if prior is None:
-        return None, f"prior uplift {configured} as configured (no past campaign has a control group)"
+        return None, {}, f"prior uplift {configured} as configured (no past campaign has a control group)"
     measured = f"{prior['estimate']:.4f} [{prior['ci_low']:.4f}, {prior['ci_high']:.4f}]"
+    stages = ", ".join(
+        f"{name} {m['estimate']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]{'' if m['ci_low'] > 0 else ' (not used)'}"
+        for name, m in by_stage.items()
+    )
     if prior["ci_low"] > 0:
-        return prior, f"prior uplift measured on past campaigns: {measured} (configured {configured})"
-    return prior, f"prior uplift {configured} as configured (measured on past campaigns {measured}, not above 0)"
+        note = f"prior uplift measured on past campaigns: {measured} (configured {configured}); by stage: {stages}"
+    else:
+        note = f"prior uplift {configured} as configured (measured on past campaigns {measured}, not above 0)"
+        note += f"; by stage: {stages}"
+    return prior, by_stage, note
 
 
 def point_in_time_notes(dataset: Dataset, config: Config) -> list[str]:

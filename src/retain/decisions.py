@@ -79,11 +79,12 @@ def lifecycle(tenure_days: np.ndarray, churn_risk: np.ndarray, config: Config) -
     return np.where(tenure_days < d.new_member_days, STAGES.index("new"), stage)
 
 
-def segment(tenure_days: np.ndarray, churn_risk: np.ndarray, value: np.ndarray, config: Config) -> np.ndarray:
-    """Lifecycle crossed with value: `<lifecycle>_<high|potential|low>`, e.g. `at_risk_high`."""
+def segment(stage: np.ndarray, value: np.ndarray, config: Config) -> np.ndarray:
+    """Lifecycle (`stage`, from `lifecycle`) crossed with value: `<lifecycle>_<high|potential|low>`, e.g.
+    `at_risk_high`."""
     d = config.decisions
     tier = (value >= d.low_value).astype(int) + (value >= d.high_value)
-    return SEGMENTS[lifecycle(tenure_days, churn_risk, config) * len(VALUE_TIERS) + tier]
+    return SEGMENTS[stage * len(VALUE_TIERS) + tier]
 
 
 def regular_cycle(column: Columns, n: int, config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,16 +126,19 @@ def coupon_offer(
     worth: np.ndarray,
     p_buy: np.ndarray,
     churn: np.ndarray,
+    stage: np.ndarray,
     model: uplift_model.UpliftModel,
     config: Config,
 ) -> dict[str, np.ndarray]:
     """The best coupon tier per member: its expected value, cost, uplift and tier index. `p_buy` is each
     member's P(buy in the coupon's window) without one: those members redeem a coupon they did not need.
-    `churn`: the churn risk, which scales the prior uplift where it is used (`UpliftModel.predict_tiers`)."""
+    `churn` (the churn risk) and `stage` (the index in STAGES) pick and scale the prior uplift where it is
+    used (`UpliftModel.predict_tiers`)."""
     n = len(worth)
     best = {"ev": np.full(n, -np.inf), "cost": np.zeros(n), "uplift": np.zeros(n), "tier": np.zeros(n, dtype=int)}
     values = list(config.winback.coupon_tiers.values())
-    uplifts = model.predict_tiers(matrix, values, reachable=1.0 - np.nan_to_num(churn, nan=1.0))
+    reachable = 1.0 - np.nan_to_num(churn, nan=1.0)
+    uplifts = model.predict_tiers(matrix, values, reachable, np.asarray(STAGES)[stage])
     for k, (coupon_value, uplift) in enumerate(zip(values, uplifts, strict=True)):
         cost = coupon_cost(model, p_buy, uplift, coupon_value, config)
         ev = uplift * worth - cost
@@ -165,7 +169,8 @@ def decide_arrays(
     n = len(churn)
     value, worth = (np.nan_to_num(v) for v in value_model.value_and_worth(summary, uplift.kept(churn)))
     matrix = column.matrix(uplift.feature_names)
-    coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), churn, uplift, config)
+    stage = lifecycle(column("tenure_days"), churn, config)
+    coupon = coupon_offer(matrix, worth, p_buy_in_window(repurchase, config), churn, stage, uplift, config)
     winback_ev = np.where(churn >= winback_min_churn_risk(config), coupon["ev"], -np.inf)
 
     s = config.subscription
@@ -186,7 +191,7 @@ def decide_arrays(
         reason_text.subscription_offer(category[i], cycle[i], language) for i in np.flatnonzero(is_subscription)
     ]
     return {
-        "segment": segment(column("tenure_days"), churn, value, config),
+        "segment": segment(stage, value, config),
         "action": action,
         "offer_detail": detail,
         "expected_value": np.where(action == NONE, 0.0, best),

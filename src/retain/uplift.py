@@ -19,7 +19,8 @@ of discounting them). With too little history (fewer than `winback.min_treated` 
 buying, scaled per member by the chance the member is still there to be moved (1 - churn risk; see
 `predict_tiers`), and `winback.redeem_rate`. The prior's rise is measured on the shop's past campaigns
 against their control groups where that measure's 95% interval is above 0 (`campaign_prior`), else it is
-the configured `winback.prior_uplift`.
+the configured `winback.prior_uplift`; and apart for each lifecycle stage (`stage_priors`), which serves
+that stage's members where its interval is above 0.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class UpliftModel:
     metadata: dict = field(default_factory=dict)
     support: dict[str, list[float]] = field(default_factory=dict)  # feature -> [low, high] of past campaigns
     kept_per_buyer: float | None = None  # measured on past campaigns (`kept_per_buyer`); None: not measured
+    # lifecycle stage -> the prior's rise measured on past campaigns' members in that stage (`stage_priors`);
+    # a stage not in it gets `prior_uplift`
+    stage_priors: dict[str, float] = field(default_factory=dict)
 
     def kept(self, churn: np.ndarray) -> np.ndarray | float:
         """Members a coupon keeps per extra buyer: measured on the shop's campaigns where they allow it,
@@ -98,17 +102,31 @@ class UpliftModel:
         """The uplift per row of `matrix` (the model's feature columns, in order) for one coupon value."""
         return self.predict_tiers(matrix, [coupon_value])[0]
 
+    def prior(self, n: int, reachable: np.ndarray | None = None, stage: np.ndarray | None = None) -> np.ndarray:
+        """The prior uplift of `n` members: the rise of their lifecycle `stage` where past campaigns measured
+        one (`stage_priors`), else `prior_uplift`, times `reachable` where given."""
+        rise = np.full(n, self.prior_uplift)
+        if stage is not None:
+            for name, value in self.__dict__.get("stage_priors", {}).items():  # none on an older model
+                rise[np.asarray(stage) == name] = value
+        return rise if reachable is None else rise * np.asarray(reachable)
+
     def predict_tiers(
-        self, matrix: np.ndarray, coupon_values: list[float], reachable: np.ndarray | None = None
+        self,
+        matrix: np.ndarray,
+        coupon_values: list[float],
+        reachable: np.ndarray | None = None,
+        stage: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """The uplift per row for each coupon value (the control arm is predicted once).
 
         `reachable`: per row, the chance the member is still there for a coupon to move (the scorer passes
-        1 - churn risk). The prior is scaled by it: `prior_uplift` is the rise for a member who is still
+        1 - churn risk). The prior is scaled by it: the prior's rise is that of a member who is still
         buying, and a coupon moves nobody who has gone (a flat prior sent most coupons to lost members and
-        valued them 30 times their worth; bench/README.md, issue 12)."""
+        valued them 30 times their worth; bench/README.md, issue 12). `stage`: per row, the lifecycle stage
+        name (`decisions.STAGES`), which picks the rise measured for that stage (`prior`)."""
         n = len(matrix)
-        prior = np.full(n, self.prior_uplift) if reachable is None else self.prior_uplift * np.asarray(reachable)
+        prior = self.prior(n, reachable, stage)
         if self.treated is None:
             return [prior for _ in coupon_values]
         inside = self.supported(matrix)
@@ -179,6 +197,19 @@ def campaign_prior(offers: pd.DataFrame) -> dict[str, float] | None:
         return None
     k, half = lift / reach, 1.96 * np.sqrt(variance) / reach
     return {"estimate": float(k), "ci_low": float(k - half), "ci_high": float(k + half)}
+
+
+def stage_priors(offers: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """`campaign_prior` measured apart on the offers of each lifecycle stage (`offers["stage"]`, the member's
+    stage on the day the offer was sent): stage -> estimate and 95% interval. The rise per unit of reach is
+    not the same in every stage (on the demo shop, at-risk members 0.083, sleeping ones 0.100, bench/README.md,
+    issue 12); the caller keeps a stage's estimate where its interval is above 0."""
+    measured = {}
+    for stage, rows in offers.groupby("stage", sort=True):
+        prior = campaign_prior(rows)
+        if prior is not None:
+            measured[str(stage)] = prior
+    return measured
 
 
 def offer_outcomes(
