@@ -70,6 +70,37 @@ def test_each_bad_row_is_quarantined_with_its_reason_and_line(tmp_path, row, rea
     assert kept.set_index("order_id").loc["o1", "member_id"] == "m1"  # the first of two duplicate ids is kept
 
 
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_file_read_in_chunks_gives_the_same_dataset_report_and_quarantine_as_whole(tmp_path, suffix):
+    """Bad rows, a guest and duplicates whose first copy sits in an earlier chunk: read 7 rows at a time,
+    the dataset, the report and the quarantine are those of one read of the whole file."""
+    rows = [f"o{i},m{i % 11},2025-01-{i % 28 + 1:02d},{10 + i},食品,paid" for i in range(60)]
+    rows[5] = "o5,m5,2025-13-45,10,食品,paid"  # bad date
+    rows[20] = "o3,m9,2025-01-04,12,食品,paid"  # duplicate of a row of the first chunk
+    rows[21] = "o5,m9,2025-01-04,12,食品,paid"  # same id as a bad row: the first good one, kept
+    rows[40] = "o40,,2025-01-04,12,食品,paid"  # a guest
+    rows[55] = "o21,m1,2025-01-09,ten,食品,paid"  # bad amount and an id seen before
+    path = write(tmp_path, HEADER + "\n".join(rows) + "\n")
+    if suffix == "parquet":
+        pd.read_csv(path, dtype=str, keep_default_na=False).to_parquet(tmp_path / "orders.parquet")
+        path = tmp_path / "orders.parquet"
+    whole = ingest({"orders": path}, tmp_path / "whole", max_bad_share=0.5)
+    chunked = ingest({"orders": path}, tmp_path / "chunked", max_bad_share=0.5, chunk_rows=7)
+    assert chunked == whole
+    assert whole["tables"]["orders"]["quarantined_by_reason"] == {
+        "bad_amount": 1,
+        "bad_date": 1,
+        "duplicate_order_id": 1,
+    }
+    assert whole["tables"]["orders"]["guest"] == 1
+    a, b = (open_dataset(tmp_path / name).read("orders").sort_values("order_id") for name in ("whole", "chunked"))
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    quarantines = [pd.read_parquet(tmp_path / name / "quarantine" / "orders.parquet") for name in ("whole", "chunked")]
+    pd.testing.assert_frame_equal(*quarantines)
+    first = 2 if suffix == "csv" else 1  # a CSV's header is line 1; a Parquet file's rows count from 1
+    assert quarantines[0][c.QUARANTINE_ROW].tolist() == [first + 5, first + 20, first + 55]
+
+
 def test_identical_rows_without_order_id_are_all_kept_as_repeat_purchases(tmp_path):
     text = "member_id,ordered_at,amount\nm1,2025-01-02,10\nm1,2025-01-02,10\n"
     report = ingest({"orders": write(tmp_path, text)}, tmp_path / "out")

@@ -176,17 +176,50 @@ def write_tables(folder: Path, tables: dict[str, pd.DataFrame], buckets: int) ->
 def write_buckets(folder: Path, table: str, rows: pa.Table, buckets: int, part: str = "part-0") -> None:
     """Rows of one table into `folder/<table>/member_bucket=<k>/<part>.parquet` (a table with no rows: an
     empty file in bucket 0, so the table and its columns are still there)."""
-    bucket = member_buckets(rows.column(contract.MEMBER_ID).to_numpy(zero_copy_only=False), buckets)
-    order = np.argsort(bucket, kind="stable")
-    rows, bucket = rows.take(pa.array(order)), bucket[order]
-    present, starts = np.unique(bucket, return_index=True)
-    if len(present) == 0:
-        present, starts = np.array([0]), np.array([0])
-    ends = [*starts[1:], len(bucket)]
-    for k, start, end in zip(present, starts, ends, strict=True):
-        where = folder / table / bucket_name(int(k), buckets)
-        where.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows.slice(int(start), int(end - start)), where / f"{part}.parquet")
+    with BucketWriter(folder, table, buckets, part) as writer:
+        writer.write(rows)
+
+
+class BucketWriter:
+    """Writes one table into its member buckets a batch at a time: one Parquet file per bucket, a row
+    group per batch (`retain ingest` streams a file through it: memory is bounded by a batch). Every batch
+    takes the first one's schema. Used as a context manager; the files are complete once it closes."""
+
+    def __init__(self, folder: Path, table: str, buckets: int, part: str = "part-0"):
+        self.folder, self.table, self.buckets, self.part = Path(folder), table, buckets, part
+        self.schema: pa.Schema | None = None
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.rows = 0
+
+    def __enter__(self) -> BucketWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.writers and self.schema is not None:  # no rows at all: an empty file keeps the columns
+            self._writer(0)
+        for writer in self.writers.values():
+            writer.close()
+
+    def _writer(self, k: int) -> pq.ParquetWriter:
+        if k not in self.writers:
+            where = self.folder / self.table / bucket_name(k, self.buckets)
+            where.mkdir(parents=True, exist_ok=True)
+            self.writers[k] = pq.ParquetWriter(where / f"{self.part}.parquet", self.schema)
+        return self.writers[k]
+
+    def write(self, rows: pa.Table) -> None:
+        self.schema = rows.schema if self.schema is None else self.schema
+        if len(rows) == 0:
+            return
+        rows = rows.cast(self.schema)
+        bucket = member_buckets(rows.column(contract.MEMBER_ID).to_numpy(zero_copy_only=False), self.buckets)
+        order = np.argsort(bucket, kind="stable")
+        rows, bucket = rows.take(pa.array(order)), bucket[order]
+        present, starts = np.unique(bucket, return_index=True)
+        ends = [*starts[1:], len(bucket)]
+        for k, start, end in zip(present, starts, ends, strict=True):
+            self._writer(int(k)).write_table(rows.slice(int(start), int(end - start)))
+        self.rows += len(rows)
 
 
 @contextlib.contextmanager

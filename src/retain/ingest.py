@@ -6,22 +6,26 @@ with its original text, a reason code and its line number, and `ingest_report.js
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from retain import contract as c
 from retain import order_lines as lines
 from retain.config import DEFAULT_BUCKETS, DEFAULT_TIMEZONE
-from retain.dataset import atomic_folder, write_metadata, write_tables
+from retain.dataset import BucketWriter, atomic_folder, write_metadata
 from retain.errors import RetainError
 
 FIRST_BAD_ROWS_SHOWN = 5
+CHUNK_ROWS = 500_000  # rows read, validated and written at a time
+SALES, GUEST_SALES = "_sales", "_guest_sales"  # the orders' revenue, in all and by guests (for their share)
 UTC_OFFSET = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"  # a timestamp that ends in an offset from UTC
 TRUE_TEXT = {"true", "1", "yes", "y", "t"}
 FALSE_TEXT = {"false", "0", "no", "n", "f"}
@@ -88,50 +92,84 @@ def load_mapping(path: Path | None) -> dict[str, TableMapping]:
 
 
 def read_source(path: Path, mapping: TableMapping) -> pd.DataFrame:
-    """Read a CSV or Parquet file as text, keeping each row's physical line number in `_source_row`."""
+    """The whole file as text (`read_chunks` joined): for line items, whose orders may be anywhere in it."""
+    return pd.concat(list(read_chunks(path, mapping)), ignore_index=True)
+
+
+def read_chunks(path: Path, mapping: TableMapping, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Read a CSV (or .csv.gz) or Parquet file as text, `rows` rows at a time, keeping each row's physical
+    line number in `_source_row`. A file without rows still gives one (empty) frame with its columns."""
     path = Path(path)
     if not path.exists():
         raise RetainError(f"Input file {path} does not exist.")
     if path.suffix.lower() == ".parquet":
-        frame = pd.read_parquet(path)
-        frame = frame.astype("str").where(frame.notna(), "")
-        frame[c.QUARANTINE_ROW] = np.arange(1, len(frame) + 1)
-        return frame
-    text = _decode(path, mapping.encoding)
-    separator = r"\s+" if mapping.separator == "whitespace" else mapping.separator
-    frame = pd.read_csv(
-        io.StringIO(text),
-        sep=separator,
-        header=0 if mapping.header else None,
-        dtype=str,
-        keep_default_na=False,
-        skip_blank_lines=False,
-    )
-    if not mapping.header:
-        frame.columns = [f"col{i + 1}" for i in range(frame.shape[1])]
-    first_line = 2 if mapping.header else 1
-    frame[c.QUARANTINE_ROW] = np.arange(first_line, first_line + len(frame))
-    return frame
-
-
-def _decode(path: Path, encoding: str) -> str:
+        file, first = pq.ParquetFile(path), 1
+        for batch in file.iter_batches(batch_size=rows):
+            frame = batch.to_pandas()
+            frame = frame.astype("str").where(frame.notna(), "")
+            frame[c.QUARANTINE_ROW] = np.arange(first, first + len(frame))
+            first += len(frame)
+            yield frame
+        if first == 1:  # no rows: the columns alone
+            yield pd.DataFrame(columns=[*file.schema_arrow.names, c.QUARANTINE_ROW])
+        return
     # UTF-8 with a byte-order mark is UTF-8: utf-8-sig reads both.
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
-    data = path.read_bytes()
-    if path.name.lower().endswith(".gz"):  # orders.csv.gz, as shops and warehouses export them
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise RetainError(f"{path} ends in .gz but does not decompress ({exc}); is it a gzip file?") from None
+    codec = "utf-8-sig" if mapping.encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else mapping.encoding
+    first = 2 if mapping.header else 1
     try:
-        return data.decode(codec)
+        reader = pd.read_csv(
+            path,
+            sep=r"\s+" if mapping.separator == "whitespace" else mapping.separator,
+            header=0 if mapping.header else None,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            encoding=codec,
+            compression="gzip" if path.name.lower().endswith(".gz") else None,
+            chunksize=rows,
+        )
+        for frame in reader:
+            if not mapping.header:
+                frame.columns = [f"col{i + 1}" for i in range(frame.shape[1])]
+            frame[c.QUARANTINE_ROW] = np.arange(first, first + len(frame))
+            first += len(frame)
+            yield frame.reset_index(drop=True)
     except UnicodeDecodeError as exc:
         raise RetainError(
-            f"{path} is not valid {encoding}: byte {data[exc.start]:#04x} at position {exc.start} does not decode; "
-            f"re-save the file as {encoding} or set `encoding` in the mapping."
+            f"{path} is not valid {mapping.encoding}: byte {exc.object[exc.start]:#04x} does not decode (near line "
+            f"{first}); re-save the file as {mapping.encoding} or set `encoding` in the mapping."
         ) from None
     except LookupError:
-        raise RetainError(f"The mapping names an unknown encoding {encoding!r} for {path}.") from None
+        raise RetainError(f"The mapping names an unknown encoding {mapping.encoding!r} for {path}.") from None
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise RetainError(f"{path} ends in .gz but does not decompress ({exc}); is it a gzip file?") from None
+    except pd.errors.EmptyDataError:
+        raise RetainError(f"{path} is empty: not even a header line.") from None
+    except pd.errors.ParserError as exc:
+        raise RetainError(f"{path} is not a well-formed CSV near line {first}: {exc}") from None
+
+
+class SeenKeys:
+    """The unique keys (order ids, offer ids) of the rows kept from earlier chunks, so that a duplicate is
+    found wherever in the file it is. Held as 64-bit hashes in one sorted array (400 MB for 50 million
+    keys, not a set of strings); two different keys share a hash with a chance of about 1e-4 in a file of
+    50 million, and the later row would then be quarantined as a duplicate, with its text, not lost."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.uint64)
+
+    @staticmethod
+    def _hash(keys: pd.Series) -> np.ndarray:
+        return pd.util.hash_array(keys.to_numpy(dtype=object))
+
+    def contains(self, keys: pd.Series) -> np.ndarray:
+        hashed = self._hash(keys)
+        at = np.minimum(np.searchsorted(self.hashes, hashed), max(len(self.hashes) - 1, 0))
+        return (self.hashes[at] == hashed) if len(self.hashes) else np.zeros(len(keys), dtype=bool)
+
+    def add(self, keys: pd.Series) -> None:
+        # stable sort of two sorted runs: a merge, linear in the keys held
+        self.hashes = np.sort(np.concatenate([self.hashes, np.sort(self._hash(keys))]), kind="stable")
 
 
 def canonicalize(
@@ -142,12 +180,15 @@ def canonicalize(
     as_of: pd.Timestamp | None,
     timezone: str = DEFAULT_TIMEZONE,
     text: pd.DataFrame | None = None,
+    seen: SeenKeys | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Turn a source frame of text into (canonical rows, quarantined rows with `_reason`).
 
     `raw` has the source's columns as text plus `_source_row`. The canonical frame has the table's
     contract columns with their types; the quarantine frame keeps the original text of each bad row.
     `text`: `raw` already renamed to canonical columns (the orders path reads some values first).
+    `seen`: the unique keys kept from earlier chunks of the same file (a key seen there is a duplicate
+    here); the keys kept here are added to it.
     """
     text = _rename(raw, table, mapping, source_name) if text is None else text
     reason = pd.Series(pd.NA, index=text.index, dtype="string")
@@ -168,7 +209,11 @@ def canonicalize(
         reason = reason.fillna(pd.Series(c.FUTURE_DATE, index=frame.index).where(frame[c.TIME_COLUMN[table]] >= as_of))
     if table in c.UNIQUE_KEY:
         key = c.UNIQUE_KEY[table]
-        duplicate = frame[key].where(reason.isna()).duplicated(keep="first") & reason.isna() & frame[key].notna()
+        candidate = reason.isna() & frame[key].notna()
+        duplicate = frame[key].where(reason.isna()).duplicated(keep="first") & candidate
+        if seen is not None:
+            duplicate |= candidate & seen.contains(frame[key])
+            seen.add(frame[key][candidate & ~duplicate])
         reason = reason.mask(duplicate, c.DUPLICATE_KEY[table])
     bad_rows = reason.notna()
     quarantine = raw.loc[bad_rows].copy()
@@ -260,11 +305,16 @@ def _with_contract_columns(frame: pd.DataFrame, table: str) -> pd.DataFrame:
 
 
 def orders_result(
-    raw: pd.DataFrame, mapping: TableMapping, source_name: str, as_of: pd.Timestamp | None, timezone: str
+    raw: pd.DataFrame,
+    mapping: TableMapping,
+    source_name: str,
+    as_of: pd.Timestamp | None,
+    timezone: str,
+    seen: SeenKeys | None = None,
 ) -> lines.OrderRows:
-    """The orders file: guests and excluded rows counted and set apart, then each row an order (`grain =
-    "order"`) or the lines grouped into orders with their cancellations matched (`"line"`); see
-    `retain.order_lines`."""
+    """The orders file (or a chunk of it, with `seen` as in `canonicalize`; line items come whole): guests
+    and excluded rows counted and set apart, then each row an order (`grain = "order"`) or the lines
+    grouped into orders with their cancellations matched (`"line"`); see `retain.order_lines`."""
     text = _rename(raw, "orders", mapping, source_name)
     text[c.STATUS] = mapping.cancel.status_text(text[c.STATUS])
     guest = text[c.MEMBER_ID].fillna("") == ""
@@ -276,12 +326,13 @@ def orders_result(
     sales = amount.where(amount > 0, 0.0).fillna(0.0)[~excluded]
     counts = {
         lines.GUEST: int(guest.sum()),
-        "guest_revenue_share": round(float(sales[guest].sum() / sales.sum()) if sales.sum() > 0 else 0.0, 6),
+        GUEST_SALES: float(sales[guest].sum()),
+        SALES: float(sales.sum()),
         lines.EXCLUDED: int(excluded.sum()),
     }
     rest = ~guest & ~excluded
     if mapping.grain == "order":
-        rows, quarantine = canonicalize(raw[rest], "orders", mapping, source_name, as_of, timezone, text[rest])
+        rows, quarantine = canonicalize(raw[rest], "orders", mapping, source_name, as_of, timezone, text[rest], seen)
         no_rows = raw.iloc[:0].assign(**{c.QUARANTINE_REASON: pd.Series(dtype=str)})
         counts |= {"lines_kept": len(rows), lines.CANCELLED: 0, lines.UNMATCHED: 0}
         return lines.OrderRows(rows, quarantine, no_rows, counts)
@@ -355,26 +406,48 @@ def _line_orders(
     return lines.OrderRows(rows, quarantine.reset_index(drop=True), unmatched.reset_index(drop=True), counts)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TableResult:
+    """One table after ingest: its rows are written (`rows_written`); the bad ones are here."""
+
     table: str
-    rows: pd.DataFrame
-    quarantine: pd.DataFrame  # bad rows: counted against ingest.max_bad_share
-    rows_read: int
+    quarantine: pd.DataFrame | None = None  # bad rows: counted against ingest.max_bad_share
+    rows_read: int = 0
+    rows_written: int = 0
     set_aside: pd.DataFrame | None = None  # kept in the quarantine file, not bad (unmatched cancellations)
     counts: dict = field(default_factory=dict)  # the orders' other kinds of row (retain.order_lines)
+    last_at: pd.Timestamp | None = None  # the latest value of the table's time column (the orders' end)
+
+    def add(self, quarantine: pd.DataFrame, rows_read: int, written: pd.DataFrame, counts: dict | None = None) -> None:
+        """Count one chunk in: its bad rows, rows read, rows written and (orders) the other kinds of row."""
+        if self.quarantine is None or len(quarantine):
+            parts = [quarantine] if self.quarantine is None else [self.quarantine, quarantine]
+            self.quarantine = pd.concat(parts, ignore_index=True)
+        self.rows_read += rows_read
+        self.rows_written += len(written)
+        for key, value in (counts or {}).items():
+            self.counts[key] = self.counts.get(key, 0) + value
+        time = c.TIME_COLUMN.get(self.table)
+        if time in written and written[time].notna().any():
+            latest = written[time].max()
+            self.last_at = latest if self.last_at is None else max(self.last_at, latest)
 
     def report(self) -> dict:
         reasons = self.quarantine[c.QUARANTINE_REASON].value_counts().sort_index()
         report = {
             "rows_read": self.rows_read,
-            "rows_kept": self.counts.get("lines_kept", len(self.rows)),
+            "rows_kept": self.counts.get("lines_kept", self.rows_written),
             "rows_quarantined": len(self.quarantine),
             "quarantined_by_reason": {str(k): int(v) for k, v in reasons.items()},
         }
         if self.counts:  # the orders: every row read is kept, quarantined, or one of these
-            report |= {key: value for key, value in self.counts.items() if key != "lines_kept"}
-            report["orders_written"] = len(self.rows)
+            sales, guest_sales = self.counts.get(SALES, 0.0), self.counts.get(GUEST_SALES, 0.0)
+            for key, value in self.counts.items():
+                if key == SALES:
+                    report["guest_revenue_share"] = round(guest_sales / sales if sales > 0 else 0.0, 6)
+                elif key not in ("lines_kept", GUEST_SALES):
+                    report[key] = value
+            report["orders_written"] = self.rows_written
         return report
 
     def quarantine_file(self) -> pd.DataFrame:
@@ -392,37 +465,30 @@ def ingest(
     currency: str = "CNY",
     timezone: str = DEFAULT_TIMEZONE,
     buckets: int = DEFAULT_BUCKETS,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> dict:
     """Validate the source files and write the canonical dataset to `out` (each table in `buckets` member
     buckets), atomically.
 
-    Returns the ingest report. Raises `IngestRejected` (writing nothing) when a table's
+    Each file is read, validated and written `chunk_rows` rows at a time (memory is bounded by a chunk and
+    the bad rows, not by the file); line items are read whole, as the lines of one order may be anywhere
+    in the file. Returns the ingest report. Raises `IngestRejected` (writing nothing) when a table's
     quarantined share passes `max_bad_share`, and `RetainError` for a file that cannot be read.
     """
     if "orders" not in sources:
         raise RetainError("An orders file is required (--orders).")
     mappings = load_mapping(mapping_path)
     results = {}
-    for table, path in sources.items():
-        mapping = mappings.get(table, TableMapping())
-        raw = read_source(Path(path), mapping)
-        if table == "orders" and raw.empty:
-            raise RetainError(f"The orders file {path} has no rows; there is nothing to ingest.")
-        if table == "orders":
-            orders = orders_result(raw, mapping, Path(path).name, as_of, timezone)
-            results[table] = TableResult(
-                table, orders.rows, orders.quarantine, len(raw), orders.set_aside, orders.counts
-            )
-        else:
-            rows, quarantine = canonicalize(raw, table, mapping, Path(path).name, as_of, timezone)
-            results[table] = TableResult(table, rows, quarantine, rows_read=len(raw))
-    _reject_if_too_bad(results, max_bad_share)
-    orders = results["orders"].rows
-    observed_until = as_of if as_of is not None else orders[c.ORDERED_AT].max().normalize() + pd.Timedelta(days=1)
-    report = {"tables": {t: r.report() for t, r in results.items()}, "observed_until": observed_until.isoformat()}
     with atomic_folder(Path(out)) as folder:
+        for table, path in sources.items():
+            mapping = mappings.get(table, TableMapping())
+            with BucketWriter(folder, table, buckets) as writer:
+                results[table] = _ingest_file(writer, Path(path), mapping, as_of, timezone, chunk_rows)
+        _reject_if_too_bad(results, max_bad_share)
+        last = results["orders"].last_at
+        observed_until = as_of if as_of is not None else last.normalize() + pd.Timedelta(days=1)
+        report = {"tables": {t: r.report() for t, r in results.items()}, "observed_until": observed_until.isoformat()}
         (folder / "quarantine").mkdir()
-        write_tables(folder, {table: result.rows for table, result in results.items()}, buckets)
         for table, result in results.items():
             quarantine = result.quarantine_file()
             if len(quarantine):
@@ -433,6 +499,37 @@ def ingest(
         write_metadata(folder, observed_until, currency, extra=extra)
         (folder / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _ingest_file(
+    writer: BucketWriter,
+    path: Path,
+    mapping: TableMapping,
+    as_of: pd.Timestamp | None,
+    timezone: str,
+    chunk_rows: int,
+) -> TableResult:
+    """One source file through validation into `writer`, a chunk at a time (line items whole)."""
+    table = writer.table
+    line_items = table == "orders" and mapping.grain == "line"
+    chunks = [read_source(path, mapping)] if line_items else read_chunks(path, mapping, chunk_rows)
+    result, seen = TableResult(table), SeenKeys()
+    for raw in chunks:
+        if table == "orders":
+            orders = orders_result(raw, mapping, path.name, as_of, timezone, seen)
+            rows, quarantine, counts = orders.rows, orders.quarantine, orders.counts
+            if len(orders.set_aside):
+                parts = [orders.set_aside] if result.set_aside is None else [result.set_aside, orders.set_aside]
+                result.set_aside = pd.concat(parts, ignore_index=True)
+        else:
+            rows, quarantine = canonicalize(raw, table, mapping, path.name, as_of, timezone, seen=seen)
+            counts = None
+        c.schema(table).validate(rows)
+        writer.write(pa.Table.from_pandas(rows, preserve_index=False))
+        result.add(quarantine, len(raw), rows, counts)
+    if table == "orders" and result.rows_read == 0:
+        raise RetainError(f"The orders file {path} has no rows; there is nothing to ingest.")
+    return result
 
 
 def _reject_if_too_bad(results: dict[str, TableResult], max_bad_share: float) -> None:
