@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from retain import backtest, btyd, decisions, plots, promotion, snapshot
+from retain import backtest, btyd, decisions, drift, plots, promotion, snapshot
 from retain import uplift as uplift_models
 from retain.config import Config, LightGBMConfig
 from retain.connection import dataset_connection
@@ -102,8 +102,11 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
     with registry.run(task, run_name=f"{task}-{dataset.observed_until.date()}") as run_id:
         log_run(registry, dataset, config, task, horizon, held_out, refit, result, champion_metrics, decision)
         log_plots(registry, task, y.to_numpy(), scores, refit)
-        input_example = snapshots.features(dataset.observed_until - pd.Timedelta(days=horizon), horizon).head(5)
-        version = registry.log_model(refit.model, input_example[refit.model.feature_names])
+        latest = snapshots.features(dataset.observed_until - pd.Timedelta(days=horizon), horizon)
+        version = registry.log_model(refit.model, latest.head(5)[refit.model.feature_names])
+        # what `retain monitor` measures drift against: the inputs and score on the latest training snapshot
+        references = drift.references(refit.model, latest, refit.model.predict(latest), config.monitor.psi_bins)
+        registry.log_dict(references, drift.REFERENCE_FILE)
         registry.log_metrics({"duration_seconds": time.perf_counter() - started})
     tags = {
         "retain.run_id": run_id,

@@ -410,6 +410,43 @@ def readout(
 
 
 @app.command()
+def monitor(
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: data.dataset).")] = None,
+    exports: Annotated[Path, typer.Option(help="Folder of the daily exports to read back.")] = Path("exports"),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures and alerts here (default: EXPORTS/monitor.json).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Is the model still right? Realised accuracy of past exports, drift since training; exit 4 on an alert.
+
+    Example: retain monitor --data data/demo --exports exports   (cron: alert when the exit code is 4)
+    """
+    from retain import monitor as health
+    from retain.dataset import open_dataset
+    from retain.registry import Registry
+
+    cfg = settings(config)
+    dataset = open_dataset(data or Path(cfg.data.dataset))
+    doc = health.run(dataset, cfg, Registry(cfg.mlflow), exports)
+    out = Console(width=200)
+    if doc["days"]:
+        out.print(health.accuracy_table(doc["days"]))
+    else:
+        console.print(f"no export with scores in {exports}/: no realised or estimated accuracy yet")
+    for report in doc["drift"]:
+        out.print(health.drift_table(report, cfg.monitor.max_psi))
+    for note in doc["notes"]:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    write_json(json_out or exports / "monitor.json", doc)
+    for alert in doc["alerts"]:
+        err_console.print(f"alert: {alert}", markup=False, highlight=False)
+    if doc["alerts"]:
+        raise typer.Exit(code=health.ALERT_EXIT)
+    console.print("all figures hold: no alert")
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: serving.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serving.port).")] = None,

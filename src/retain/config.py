@@ -237,6 +237,25 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """`retain monitor`: when past scores stop being true (realised accuracy) or today's members stop
+    looking like the training ones (drift), an alert."""
+
+    max_ece: float = 0.05  # realised calibration error above this: alert
+    max_auc_drop: float = 0.03  # realised ROC-AUC this far below the figure the version was promoted with: alert
+    max_psi: float = 0.25  # population stability index above this, for a score or a top feature: alert
+    top_features: int = 10  # the inputs (by the model's importance) whose drift raises an alert
+    psi_bins: int = 10  # quantile bins of the training reference (stored by make train)
+
+    def __post_init__(self) -> None:
+        for name in ("max_ece", "max_auc_drop", "max_psi"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"monitor.{name} = {getattr(self, name)} must be in (0, 1].")
+        if self.top_features < 1 or self.psi_bins < 2:
+            raise ConfigError("monitor.top_features must be at least 1 and monitor.psi_bins at least 2.")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -251,6 +270,7 @@ class Config:
     subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
     def api_token(self) -> str | None:

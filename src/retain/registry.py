@@ -130,6 +130,21 @@ class Registry:
             return None
         return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
 
+    def version(self, task: str, version: str) -> RegisteredVersion | None:
+        """One version of a task's model with its tags (None when the registry has no such version)."""
+        try:
+            v = self.client.get_model_version(model_name(task), str(version))
+        except MlflowException:
+            return None
+        return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
+
+    def load_dict(self, run_id: str, path: str) -> dict | None:
+        """A JSON artifact of a run (`log_dict`), or None when the run has none by that name."""
+        try:
+            return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+        except (MlflowException, OSError):
+            return None
+
     def load(self, task: str, alias: str = CHAMPION) -> tuple[object, RegisteredVersion] | None:
         """The model under `alias` (by alias, never by run id), or None when there is none yet."""
         version = self.version_by_alias(task, alias)

@@ -1,0 +1,318 @@
+"""Is the model still right? The realised accuracy of past exports, drift since training, and alerts.
+
+`retain monitor` reads back what `retain export` kept for every day (`scores.parquet`: each member's
+churn risk and repurchase probability; `summary.json`: the model versions that scored them):
+
+- **realised**: for a day whose outcome window has closed in the data (day + the task's horizon <=
+  observed_until), the labels of that window against the day's scores: ROC-AUC, PR-AUC, ECE and the mean
+  predicted against the observed rate, beside the figures the version was promoted with (its MLflow tags);
+- **estimated**: for a day whose window is still open, what the calibrated probabilities alone say —
+  the expected positive rate (their mean) and the expected ROC-AUC (`expected_roc_auc`, the way NannyML's
+  CBPE estimates it); marked as estimated;
+- **drift**: the population stability index (`retain.drift`) of every input of each champion and of its
+  score, between the reference stored at training and the members as of the end of the data;
+- **alerts**: realised ECE above `monitor.max_ece`, realised ROC-AUC more than `monitor.max_auc_drop`
+  below the promotion figure, PSI above `monitor.max_psi` for a score or one of the `monitor.top_features`
+  most important inputs. One sentence each; the command exits ALERT_EXIT when any fires.
+
+A day whose `scores.parquet` is missing or unreadable is skipped with a sentence saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.table import Table
+
+from retain import btyd, decisions, drift, labels, reason_text
+from retain import features as feature_builder
+from retain.config import Config
+from retain.dataset import Dataset
+from retain.evaluation import evaluate
+from retain.registry import Registry, model_name
+from retain.scoring import MODELS, Scorer, task_probability
+
+ALERT_EXIT = 4
+SCORE_COLUMN = {"churn": "churn_risk", "repurchase": "repurchase_prob"}
+REALISED, ESTIMATED = "realised", "estimated"
+
+
+def horizon_days(config: Config, task: str) -> int:
+    return config.labels.churn_horizon_days if task == "churn" else config.labels.repurchase_horizon_days
+
+
+def expected_roc_auc(p: np.ndarray) -> float:
+    """The ROC-AUC that calibrated probabilities `p` expect of themselves (confidence-based performance
+    estimation): each member is a positive with probability p and a negative with 1 - p, so
+
+        E[AUC] ~ sum over pairs i, j (i != j) of p_i (1 - p_j) [p_i > p_j]  (ties count half)
+                 / sum over pairs i, j (i != j) of p_i (1 - p_j)
+
+    computed in one pass over the members sorted by p."""
+    p = np.sort(np.asarray(p, dtype=float))
+    p = p[~np.isnan(p)]
+    if len(p) < 2:
+        return float("nan")
+    values, starts, counts = np.unique(p, return_index=True, return_counts=True)
+    neg = np.add.reduceat(1.0 - p, starts)  # expected negatives at each distinct score
+    pos = np.add.reduceat(p, starts)
+    below = np.cumsum(neg) - neg  # expected negatives strictly below each score
+    ties = pos * neg - np.add.reduceat(p * (1.0 - p), starts)  # pairs of different members at one score
+    concordant = float(np.sum(pos * below) + 0.5 * np.sum(ties))
+    pairs = float(p.sum() * (1.0 - p).sum() - np.sum(p * (1.0 - p)))
+    return concordant / pairs if pairs > 0 else float("nan")
+
+
+@dataclass
+class ExportDay:
+    day: pd.Timestamp
+    scores: pd.DataFrame  # index member_id; churn_risk, repurchase_prob
+    versions: dict[str, str]  # registered model name -> version
+
+
+def export_days(exports: Path) -> tuple[list[ExportDay], list[str]]:
+    """Every export day under `exports` (folders named YYYY-MM-DD) with its scores and model versions, and
+    a sentence for each day skipped (no or unreadable scores.parquet or summary.json)."""
+    days, skipped = [], []
+    folders = sorted(p for p in Path(exports).glob("????-??-??") if p.is_dir()) if Path(exports).is_dir() else []
+    for folder in folders:
+        try:
+            day = pd.Timestamp(folder.name)
+        except ValueError:
+            continue
+        absent = [name for name in ("scores.parquet", "summary.json") if not (folder / name).is_file()]
+        if absent:
+            skipped.append(f"{folder.name}: skipped, {absent[0]} is missing")
+            continue
+        try:
+            table = pq.read_table(folder / "scores.parquet", columns=["member_id", *SCORE_COLUMN.values()])
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            versions = {str(k): str(v) for k, v in summary["model_versions"].items()}
+        except (pa.ArrowException, OSError, ValueError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+            skipped.append(f"{folder.name}: skipped, its scores or summary cannot be read ({type(exc).__name__})")
+            continue
+        days.append(ExportDay(day, table.to_pandas().set_index("member_id"), versions))
+    return days, skipped
+
+
+def accuracy(dataset: Dataset, config: Config, export: ExportDay, task: str, promoted: dict) -> dict:
+    """One day and task: realised figures if its window has closed, else the estimate."""
+    horizon = horizon_days(config, task)
+    p = export.scores[SCORE_COLUMN[task]].to_numpy(dtype=float)
+    closes = export.day + pd.Timedelta(days=horizon)
+    row = {
+        "day": export.day.date().isoformat(),
+        "task": task,
+        "version": export.versions.get(model_name(task), ""),
+        "members": len(p),
+        "window_closes": closes.date().isoformat(),
+        "mean_predicted": float(np.nanmean(p)) if len(p) else float("nan"),
+        "expected_roc_auc": expected_roc_auc(p),
+        "promoted_roc_auc": promoted.get("roc_auc", float("nan")),
+        "promoted_ece": promoted.get("ece", float("nan")),
+    }
+    if closes > dataset.observed_until:
+        return {**row, "status": ESTIMATED}
+    y = labels.build(dataset, export.day, task, horizon)
+    known = export.scores.index.intersection(y.index)
+    p_known = export.scores.loc[known, SCORE_COLUMN[task]].to_numpy(dtype=float)
+    y_known = y.loc[known].to_numpy()
+    realised = evaluate(y_known, p_known) if len(known) else {}
+    return {
+        **row,
+        "status": REALISED,
+        "members_labelled": len(known),
+        "observed_rate": float(y_known.mean()) if len(known) else float("nan"),
+        **{key: realised.get(key, float("nan")) for key in ("roc_auc", "pr_auc", "ece")},
+    }
+
+
+def promoted_figures(registry: Registry, task: str, version: str, cache: dict) -> dict:
+    """The held-out figures a version was promoted with (its `retain.metric.*` tags)."""
+    if (task, version) not in cache:
+        found = registry.version(task, version) if version else None
+        tags = found.tags if found else {}
+        cache[(task, version)] = {
+            key: float(tags[f"retain.metric.{key}"]) for key in ("roc_auc", "ece") if f"retain.metric.{key}" in tags
+        }
+    return cache[(task, version)]
+
+
+def drift_report(dataset: Dataset, config: Config, registry: Registry, scorer: Scorer) -> tuple[list[dict], list[str]]:
+    """Per task, the PSI of the champion's score and inputs between its training reference and the members as
+    of the end of the data, largest first; and a sentence per champion without a stored reference."""
+    as_of = dataset.observed_until
+    features = feature_builder.build(dataset, as_of, config.data)
+    column = decisions.Columns(features)
+    summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
+    reports, notes = [], []
+    language, categories = config.decisions.language, config.data.categories
+    for task in SCORE_COLUMN:
+        model, version = scorer.model(task), scorer.versions.get(model_name(task), "")
+        found = registry.version(task, version)
+        reference = registry.load_dict(found.run_id, drift.REFERENCE_FILE) if found and found.run_id else None
+        if reference is None:
+            notes.append(
+                f"{task} model v{version}: no training reference stored (trained before retain monitor); "
+                "retrain with make train to measure drift"
+            )
+            continue
+        inputs = scorer.model_input(features, as_of, task).reindex(columns=model.feature_names)
+        score = task_probability(model, column, summary, as_of, config)
+        top = reference["importance"][: config.monitor.top_features]
+        rows = [{"feature": drift.SCORE, "label": f"{task} score", "psi": drift.psi(reference[drift.SCORE], score)}]
+        for name, bins in reference["features"].items():
+            values = (
+                inputs[name].to_numpy(dtype=float, na_value=np.nan) if name in inputs else np.full(len(inputs), np.nan)
+            )
+            rows.append(
+                {
+                    "feature": name,
+                    "label": reason_text.label(name, language, categories),
+                    "psi": drift.psi(bins, values),
+                }
+            )
+        for row in rows:
+            row["top"] = row["feature"] == drift.SCORE or row["feature"] in top
+        rows.sort(key=lambda row: -row["psi"])
+        reports.append(
+            {
+                "task": task,
+                "version": version,
+                "as_of": as_of.date().isoformat(),
+                "reference_members": reference["members"],
+                "psi": rows,
+            }
+        )
+    return reports, notes
+
+
+def alerts(days: list[dict], drifts: list[dict], config: Config) -> list[str]:
+    """One sentence per threshold crossed, saying what to do."""
+    m, out = config.monitor, []
+    for row in days:
+        if row["status"] != REALISED:
+            continue
+        name = f"{row['task']} model v{row['version']}"
+        promoted = "" if np.isnan(row["promoted_ece"]) else f" (promoted at {row['promoted_ece']:.3f})"
+        if row["ece"] > m.max_ece:
+            out.append(
+                f"{name}: realised ECE {row['ece']:.3f} on the {row['day']} list{promoted}, above "
+                f"monitor.max_ece {m.max_ece} — retrain with make train"
+            )
+        if row["roc_auc"] < row["promoted_roc_auc"] - m.max_auc_drop:
+            out.append(
+                f"{name}: realised ROC-AUC {row['roc_auc']:.3f} on the {row['day']} list, "
+                f"{row['promoted_roc_auc'] - row['roc_auc']:.3f} below the {row['promoted_roc_auc']:.3f} it was "
+                f"promoted at (limit {m.max_auc_drop}) — retrain with make train"
+            )
+    for report in drifts:
+        shifted = [row for row in report["psi"] if row["top"] and row["psi"] > m.max_psi]
+        if shifted:
+            named = ", ".join(f"{row['label']} (PSI {row['psi']:.2f})" for row in shifted[:3])
+            out.append(
+                f"{report['task']} model v{report['version']}: members have shifted since training as of "
+                f"{report['as_of']}: {named}, above monitor.max_psi {m.max_psi} — check the data, then retrain "
+                "with make train"
+            )
+    return out
+
+
+def run(dataset: Dataset, config: Config, registry: Registry, exports: Path) -> dict:
+    """Everything `retain monitor` reports, as the JSON it writes (`alerts` empty when all holds)."""
+    missing = registry.missing_champions(MODELS)
+    scorer = Scorer.from_registry(registry, config) if not missing else None
+    days, notes = export_days(exports)
+    cache: dict = {}
+    figures = [
+        accuracy(
+            dataset,
+            config,
+            export,
+            task,
+            promoted_figures(registry, task, export.versions.get(model_name(task), ""), cache),
+        )
+        for export in days
+        for task in SCORE_COLUMN
+    ]
+    drifts, drift_notes = drift_report(dataset, config, registry, scorer) if scorer else ([], [])
+    if missing:
+        drift_notes.append(f"no champion for {', '.join(missing)}: no drift measured; run make train")
+    return _without_nan(
+        {
+            "dataset": str(dataset.path),
+            "observed_until": dataset.observed_until.date().isoformat(),
+            "exports": str(exports),
+            "days": figures,
+            "drift": drifts,
+            "notes": notes + drift_notes,
+            "alerts": alerts(figures, drifts, config),
+        }
+    )
+
+
+def _without_nan(value):
+    """The document with NaN as null (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(item) for item in value]
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def _shown(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def accuracy_table(days: list[dict]) -> Table:
+    """Realised (window closed) or estimated (open) accuracy per export day and task."""
+    table = Table(
+        "day",
+        "task",
+        "version",
+        "figures",
+        "ROC-AUC",
+        "promoted",
+        "PR-AUC",
+        "ECE",
+        "mean predicted",
+        "observed",
+        title="accuracy of past exports",
+    )
+    for row in days:
+        realised = row["status"] == REALISED
+        table.add_row(
+            row["day"],
+            row["task"],
+            f"v{row['version']}",
+            REALISED if realised else f"{ESTIMATED} (window closes {row['window_closes']})",
+            _shown(row.get("roc_auc") if realised else row["expected_roc_auc"]),
+            _shown(row["promoted_roc_auc"]),
+            _shown(row.get("pr_auc")),
+            _shown(row.get("ece")),
+            _shown(row["mean_predicted"]),
+            _shown(row.get("observed_rate")),
+        )
+    return table
+
+
+def drift_table(report: dict, max_psi: float, rows: int = 8) -> Table:
+    """The score and the inputs that moved most since training (PSI), largest first."""
+    table = Table(
+        "input",
+        "PSI",
+        "alerts",
+        title=f"{report['task']} model v{report['version']}: drift since training, as of {report['as_of']}",
+    )
+    for row in report["psi"][:rows]:
+        alerting = row["top"] and row["psi"] is not None and row["psi"] > max_psi
+        table.add_row(
+            row["label"], _shown(row["psi"]), "yes" if alerting else ("" if row["top"] else "(not a top input)")
+        )
+    return table

@@ -1,0 +1,163 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, make_dataset, orders_frame
+from sklearn.metrics import roc_auc_score
+
+from retain import drift, export, monitor
+from retain.registry import Registry
+
+# --- drift --------------------------------------------------------------------------------------------------
+
+
+def test_psi_matches_a_hand_computation():
+    reference = drift.reference_bins(np.arange(100.0), bins=4)  # quartile edges: values of the reference
+    assert reference["edges"] == [24.0, 49.0, 74.0]
+    assert reference["shares"] == [0.25, 0.25, 0.25, 0.25] and reference["missing"] == 0.0
+    # today: half in the first quartile, a quarter in the second, a quarter missing
+    today = np.array([10.0] * 50 + [30.0] * 25 + [np.nan] * 25)
+    floor = drift.SHARE_FLOOR
+    by_hand = (
+        (0.5 - 0.25) * np.log(0.5 / 0.25)
+        + 0.0  # second bin: 0.25 against 0.25
+        + 2 * (floor - 0.25) * np.log(floor / 0.25)  # third and fourth bins: empty today
+        + (0.25 - floor) * np.log(0.25 / floor)  # missing: none in the reference
+    )
+    assert drift.psi(reference, today) == pytest.approx(by_hand)
+    assert drift.psi(reference, np.arange(100.0)) == pytest.approx(0.0)
+
+
+def test_tied_values_make_fewer_bins_not_empty_ones():
+    reference = drift.reference_bins(np.array([0.0] * 80 + [1.0] * 20))
+    assert reference["edges"] == [0.0, 1.0] and reference["shares"] == [0.8, 0.2, 0.0]
+    assert drift.psi(reference, np.array([0.0] * 80 + [1.0] * 20)) == pytest.approx(0.0)
+
+
+# --- estimated accuracy ---------------------------------------------------------------------------------------
+
+
+def test_the_expected_roc_auc_of_calibrated_probabilities():
+    # two members: 0.8 x (1 - 0.2) concordant against 0.2 x (1 - 0.8) discordant
+    assert monitor.expected_roc_auc(np.array([0.2, 0.8])) == pytest.approx(0.64 / 0.68)
+    assert monitor.expected_roc_auc(np.array([0.5, 0.5, 0.5])) == pytest.approx(0.5)  # ties: half
+    # outcomes drawn from the probabilities themselves: the realised ROC-AUC averages the estimate
+    rng = np.random.default_rng(0)
+    p = rng.beta(1.0, 2.0, 3000)
+    realised = [roc_auc_score(rng.random(len(p)) < p, p) for _ in range(100)]
+    assert np.mean(realised) == pytest.approx(monitor.expected_roc_auc(p), abs=0.005)
+
+
+# --- the exports read back ------------------------------------------------------------------------------------
+
+
+def write_day(folder, scores: pd.DataFrame, versions: dict) -> None:
+    folder.mkdir(parents=True)
+    scores.reset_index().to_parquet(folder / "scores.parquet")
+    (folder / "summary.json").write_text(json.dumps({"model_versions": versions}), encoding="utf-8")
+
+
+def test_a_missing_or_corrupt_scores_file_skips_the_day_with_a_sentence(tmp_path):
+    scores = pd.DataFrame({"churn_risk": [0.2], "repurchase_prob": [0.7]}, index=pd.Index(["m1"], name="member_id"))
+    write_day(tmp_path / "2025-01-01", scores, {"retain-churn": "3"})
+    write_day(tmp_path / "2025-02-01", scores, {"retain-churn": "3"})
+    (tmp_path / "2025-02-01" / "scores.parquet").write_bytes(b"not parquet")
+    (tmp_path / "2025-03-01").mkdir()
+    (tmp_path / "notes").mkdir()  # not an export day: ignored
+    days, skipped = monitor.export_days(tmp_path)
+    assert [d.day for d in days] == [pd.Timestamp("2025-01-01")] and days[0].versions == {"retain-churn": "3"}
+    assert skipped == [
+        "2025-02-01: skipped, its scores or summary cannot be read (ArrowInvalid)",
+        "2025-03-01: skipped, scores.parquet is missing",
+    ]
+
+
+def test_no_realised_figure_before_the_outcome_window_closes(tmp_path, config):
+    """Churn over 90 days, repurchase over 30: on a day 40 days before the data ends, repurchase is realised
+    (its labels computed from the orders) and churn only estimated."""
+    rows = [(m, "2025-01-05", 50.0) for m in ("a", "b", "c", "d")] + [
+        ("a", "2025-03-01", 20.0),
+        ("b", "2025-03-10", 20.0),
+    ]
+    dataset = make_dataset(tmp_path, {"orders": orders_frame(rows)}, "2025-03-22")
+    day = monitor.ExportDay(
+        pd.Timestamp("2025-02-10"),
+        pd.DataFrame(
+            {"churn_risk": [0.1, 0.3, 0.8, 0.9], "repurchase_prob": [0.9, 0.6, 0.3, 0.2]},
+            index=pd.Index(["a", "b", "c", "d"], name="member_id"),
+        ),
+        {"retain-churn": "1", "retain-repurchase": "2"},
+    )
+    churn = monitor.accuracy(dataset, config, day, "churn", {"roc_auc": 0.9})
+    assert churn["status"] == "estimated" and churn["window_closes"] == "2025-05-11" and "roc_auc" not in churn
+    assert churn["mean_predicted"] == pytest.approx(0.525)
+    repurchase = monitor.accuracy(dataset, config, day, "repurchase", {})
+    assert repurchase["status"] == "realised" and repurchase["version"] == "2"
+    assert repurchase["observed_rate"] == 0.5 and repurchase["roc_auc"] == 1.0  # a and b bought: ranked first
+
+
+# --- alerts ---------------------------------------------------------------------------------------------------
+
+
+def realised_row(**overrides) -> dict:
+    row = {"day": "2025-09-01", "task": "churn", "version": "3", "status": "realised", "roc_auc": 0.95}
+    return {**row, "promoted_roc_auc": 0.95, "ece": 0.01, "promoted_ece": 0.012, **overrides}
+
+
+def test_each_alert_says_what_crossed_which_limit_and_what_to_do(config):
+    assert monitor.alerts([realised_row()], [], config) == []
+    assert monitor.alerts([realised_row(status="estimated", ece=0.5)], [], config) == []  # not realised yet
+    assert monitor.alerts([realised_row(ece=0.081)], [], config) == [
+        "churn model v3: realised ECE 0.081 on the 2025-09-01 list (promoted at 0.012), above monitor.max_ece 0.05 "
+        "— retrain with make train"
+    ]
+    assert monitor.alerts([realised_row(roc_auc=0.91)], [], config) == [
+        "churn model v3: realised ROC-AUC 0.910 on the 2025-09-01 list, 0.040 below the 0.950 it was promoted at "
+        "(limit 0.03) — retrain with make train"
+    ]
+    report = {
+        "task": "repurchase",
+        "version": "4",
+        "as_of": "2025-12-31",
+        "psi": [
+            {"feature": "browse_30d", "label": "近30天浏览次数", "psi": 0.9, "top": True},
+            {"feature": "tenure_days", "label": "入会天数", "psi": 0.5, "top": False},  # not a top input
+            {"feature": "score", "label": "repurchase score", "psi": 0.3, "top": True},
+            {"feature": "orders_30d", "label": "近30天订单数", "psi": 0.1, "top": True},
+        ],
+    }
+    assert monitor.alerts([], [report], config) == [
+        "repurchase model v4: members have shifted since training as of 2025-12-31: 近30天浏览次数 (PSI 0.90), "
+        "repurchase score (PSI 0.30), above monitor.max_psi 0.25 — check the data, then retrain with make train"
+    ]
+
+
+# --- retain monitor, end to end ----------------------------------------------------------------------------
+
+
+def test_retain_monitor_exits_0_when_all_holds_and_4_on_an_alert(trained, small_shop, tmp_path):
+    env, config = trained
+    exports = tmp_path / "exports"
+    for day in ("2024-10-01", "2025-01-20"):  # churn's window closed for the first; both open for the second
+        export.run(small_shop, config, Registry(config.mlflow), pd.Timestamp(day), exports)
+    (exports / "2024-12-01").mkdir()  # a day without scores: skipped, not a failure
+    command = [sys.executable, "-m", "retain.cli", "monitor", "--data", str(small_shop.path), "--exports", str(exports)]
+    run_env = {**os.environ, **env}
+    fine = subprocess.run(command, env=run_env, capture_output=True, text=True, cwd=ROOT)
+    assert fine.returncode == 0, fine.stderr
+    assert "2024-12-01: skipped, scores.parquet is missing" in fine.stdout and "no alert" in fine.stdout
+    doc = json.loads((exports / "monitor.json").read_text())
+    statuses = {(row["day"], row["task"]): row["status"] for row in doc["days"]}
+    assert statuses[("2024-10-01", "churn")] == "realised" and statuses[("2025-01-20", "churn")] == "estimated"
+    assert {report["task"] for report in doc["drift"]} == {"churn", "repurchase"} and doc["alerts"] == []
+
+    strict = subprocess.run(
+        command, env={**run_env, "RETAIN_MONITOR_MAX_ECE": "0.0001"}, capture_output=True, text=True, cwd=ROOT
+    )
+    assert strict.returncode == monitor.ALERT_EXIT
+    assert "alert: churn model v1: realised ECE" in strict.stderr and "Traceback" not in strict.stderr
+    assert json.loads((exports / "monitor.json").read_text())["alerts"]
