@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-
 from bench_engine import measure
 
 from retain.dataset import open_dataset
@@ -49,7 +48,13 @@ def write_orders(source: pd.DataFrame, path: Path, rows: int) -> None:
             "status": source["status"].astype(str),
         }
     )
-    bad_kinds = [("ordered_at", "2025-13-45"), ("amount", "ten"), ("amount", "-5"), ("order_id", None), ("member_id", "")]
+    bad_kinds = [
+        ("ordered_at", "2025-13-45"),
+        ("amount", "ten"),
+        ("amount", "-5"),
+        ("order_id", None),
+        ("member_id", ""),
+    ]
     written, copy = 0, 0
     with pacsv.CSVWriter(str(path), pa.Schema.from_pandas(text, preserve_index=False)) as writer:
         while written < rows:
@@ -98,7 +103,9 @@ def main() -> int:
                 part.write(line)
         chunked = ingest({"orders": prefix}, Path(tmp) / "chunked")
         whole = ingest({"orders": prefix}, Path(tmp) / "whole", chunk_rows=args.compare_rows + 1)
-        quarantines = [pd.read_parquet(Path(tmp) / name / "quarantine" / "orders.parquet") for name in ("chunked", "whole")]
+        quarantines = [
+            pd.read_parquet(Path(tmp) / name / "quarantine" / "orders.parquet") for name in ("chunked", "whole")
+        ]
         same = chunked == whole and quarantines[0].equals(quarantines[1])
         print(
             f"first {args.compare_rows:,} rows, in chunks and whole: {len(quarantines[0]):,} quarantined rows; "

@@ -132,3 +132,38 @@ def test_the_simulated_shop_follows_the_configured_promotion_calendar(tmp_path):
         True,
         False,
     ]
+
+
+@pytest.mark.parametrize("kind", ["browsing", "disengagement"])
+def test_a_regime_change_moves_the_shop_from_its_day_on_and_not_before(tmp_path, kind):
+    """`--shift DAY:KIND`: the same shop up to the day (same seed, same draws); from it, half the browsing
+    events recorded, or members disengaging three times as fast."""
+    import dataclasses
+
+    from retain.simulate.process import PROCESS
+
+    shift = pd.Timestamp("2024-05-01")
+    shops = {}
+    for name, process in (
+        ("stable", PROCESS),
+        ("shifted", dataclasses.replace(PROCESS, shift_day=121, shift_kind=kind)),
+    ):
+        metadata = simulate_shop(tmp_path / name, 2000, 240, seed=5, start=pd.Timestamp("2024-01-01"), process=process)
+        shops[name] = (open_dataset(tmp_path / name), metadata)
+    assert shops["shifted"][1]["simulator"]["shift"] == {"day": 121, "kind": kind}
+    orders = {name: shop.read("orders", ["ordered_at"])["ordered_at"] for name, (shop, _) in shops.items()}
+    assert (orders["shifted"] < shift).sum() == (orders["stable"] < shift).sum()  # the same shop until the day
+    after = {name: int((o >= shift).sum()) for name, o in orders.items()}
+    if kind == "browsing":
+        events = {name: shop.read("events", ["event_at"])["event_at"] for name, (shop, _) in shops.items()}
+        # (events get their times and kinds after the simulation, from draws the later counts change)
+        assert (events["shifted"] < shift).sum() == pytest.approx((events["stable"] < shift).sum(), rel=0.02)
+        recorded = {name: int((e >= shift).sum()) for name, e in events.items()}
+        assert recorded["shifted"] / recorded["stable"] == pytest.approx(0.5, abs=0.05)
+        assert after["shifted"] == pytest.approx(after["stable"], rel=0.05)  # members buy as before
+    else:
+        dead = {
+            name: (pd.read_parquet(shop.path / "truth.parquet")["died_day"] >= 0).sum()
+            for name, (shop, _) in shops.items()
+        }
+        assert dead["shifted"] > 1.3 * dead["stable"] and after["shifted"] < 0.9 * after["stable"]

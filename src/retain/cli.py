@@ -70,6 +70,13 @@ def simulate(
     grain: Annotated[
         str, typer.Option(help="'line' also writes the orders as line items to OUT/lines/ (with their mapping).")
     ] = "order",
+    shift: Annotated[
+        str | None,
+        typer.Option(
+            help="A regime change from a day on, DATE:KIND: 'browsing' (half the browsing events recorded) or "
+            "'disengagement' (members start to disengage three times as fast)."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Simulate a shop with ground truth (truth.parquet).
@@ -78,20 +85,23 @@ def simulate(
     """
     if grain not in ("order", "line"):
         raise RetainError(f"--grain must be 'order' or 'line', got {grain!r}.")
+    start_day = parse_date(start, "--start")
+    shift_day, shift_kind = _parse_shift(shift, start_day, days) if shift else (-1, "")
     from rich.progress import Progress
 
     from retain.simulate import simulate_bgnbd, simulate_shop
 
-    start_day = parse_date(start, "--start")
     data = settings(config).data
     if process == "bgnbd":
+        if shift:
+            raise RetainError("--shift is for --process shop: a plain BG/NBD log has no browsing or stages.")
         values = _parse_params(params)
         metadata = simulate_bgnbd(out, members, days / 7.0, *values, seed=seed, start=start_day, buckets=data.buckets)
     elif process == "shop":
         from retain.simulate.process import PROCESS
 
         windows = tuple(tuple(window) for window in data.promotion_windows)  # one calendar
-        shop = dataclasses.replace(PROCESS, promotion_windows=windows)
+        shop = dataclasses.replace(PROCESS, promotion_windows=windows, shift_day=shift_day, shift_kind=shift_kind)
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("simulating members", total=None)
             metadata = simulate_shop(
@@ -117,6 +127,19 @@ def simulate(
         console.print(
             f"wrote {path} (line items, cancellations, guests, postage); map it with {path.parent}/mapping.toml"
         )
+
+
+def _parse_shift(text: str, start: pd.Timestamp, days: int) -> tuple[int, str]:
+    """`--shift DATE:KIND` as (the simulation day it starts, its kind)."""
+    from retain.simulate.process import SHIFT_KINDS
+
+    date, _, kind = text.partition(":")
+    day = (parse_date(date, "--shift") - start).days
+    if kind not in SHIFT_KINDS:
+        raise RetainError(f"--shift must be DATE:KIND with KIND one of {', '.join(SHIFT_KINDS)}, got {text!r}.")
+    if not 0 < day < days:
+        raise RetainError(f"--shift {date} is outside the simulated period ({start.date()} and the {days} days after).")
+    return day, kind
 
 
 def _parse_params(text: str) -> list[float]:

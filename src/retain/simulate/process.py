@@ -53,6 +53,17 @@ class ShopProcess:
     coupon_thresholds: tuple[float, ...] = (100.0, 200.0, 300.0)
     join_share_of_period: float = 0.92  # members join uniformly over this share of the period
     join_order_probability: float = 0.8  # a new member orders on the day of joining
+    # a regime change (`retain simulate --shift DAY:KIND`), from day `shift_day` of the simulation on: "browsing"
+    # (a tracking change: members browse as before, half of their events are recorded) or "disengagement"
+    # (members start to disengage SHIFT_DISENGAGE_FACTOR times as fast; the truth keeps the rate before it,
+    # so the oracle is optimistic after the day). -1: no change.
+    shift_day: int = -1
+    shift_kind: str = ""
+
+
+SHIFT_KINDS = ("browsing", "disengagement")
+SHIFT_BROWSE_FACTOR = 0.5
+SHIFT_DISENGAGE_FACTOR = 3.0
 
 
 PROCESS = ShopProcess()

@@ -176,7 +176,10 @@ def run_days(rng: np.random.Generator, m: Members, calendar: pd.DatetimeIndex, p
         active = state[live] == 1
         # Stage changes happen at the end of the day: the new stage holds from the next day.
         u = rng.random(len(live))
-        to_disengaging = live[active & (u < m.p_disengage[live])]
+        p_disengage = m.p_disengage[live]
+        if 0 <= p.shift_day <= d and p.shift_kind == "disengagement":
+            p_disengage = 1.0 - (1.0 - p_disengage) ** proc.SHIFT_DISENGAGE_FACTOR
+        to_disengaging = live[active & (u < p_disengage)]
         dies = ~active & (u < 1.0 - np.exp(-1.0 / p.disengaging_days))
         state[to_disengaging] = 2
         h.disengaged_day[to_disengaging] = d + 1
@@ -248,7 +251,13 @@ def simulate_shop(
                 truth_writer.close()
         extra = {
             "source": "simulate",
-            "simulator": {"members": members, "days": days, "seed": seed, "start": start.isoformat()},
+            "simulator": {
+                "members": members,
+                "days": days,
+                "seed": seed,
+                "start": start.isoformat(),
+                **({"shift": {"day": process.shift_day, "kind": process.shift_kind}} if process.shift_day >= 0 else {}),
+            },
             "buckets": buckets,
         }
         metadata = write_metadata(folder, calendar[-1] + pd.Timedelta(days=1), currency, extra=extra)

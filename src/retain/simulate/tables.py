@@ -58,7 +58,7 @@ def chunk_tables(
         calendar,
         p,
     )
-    events = _events(rng, m, h, member_ids, order_member, ordered_us, start_us)
+    events = _events(rng, m, h, member_ids, order_member, ordered_us, start_us, p)
     joined = timestamps(start_us, m.join_day, rng.integers(0, 86_400, n))
     members = pa.table(
         {
@@ -193,7 +193,7 @@ def _first_order_in_window(member, day, treated, order_member, ordered_us, start
     return result
 
 
-def _events(rng, m, h, member_ids, order_member, ordered_us, start_us) -> pa.Table:
+def _events(rng, m, h, member_ids, order_member, ordered_us, start_us, p) -> pa.Table:
     browse_member = np.concatenate(h.browse_member).astype(np.int64)
     browse_day = np.concatenate(h.browse_day)
     kb = len(browse_member)
@@ -206,6 +206,9 @@ def _events(rng, m, h, member_ids, order_member, ordered_us, start_us) -> pa.Tab
     at_us = np.concatenate([browse_us, ordered_us - lead_us, (ordered_us - lead_us // 2)[with_cart]])
     kind = np.concatenate([browse_type, np.zeros(len(order_member), int), np.full(int(with_cart.sum()), 2)])
     category = (rng.random(len(member))[:, None] > m.mix_cdf[member]).sum(axis=1).clip(0, len(proc.CATEGORIES) - 1)
+    if p.shift_kind == "browsing" and p.shift_day >= 0:  # a tracking change: from its day, half the events recorded
+        recorded = (at_us < start_us + p.shift_day * DAY_US) | (rng.random(len(at_us)) < proc.SHIFT_BROWSE_FACTOR)
+        member, at_us, kind, category = member[recorded], at_us[recorded], kind[recorded], category[recorded]
     order = np.argsort(at_us, kind="stable")
     return pa.table(
         {
