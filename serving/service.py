@@ -1,6 +1,7 @@
 """The BentoML service: load the champions and the snapshot once per worker, then serve the routes of
 `serving/app.py`. BentoML's /healthz, /livez, /readyz and /metrics stay open; /readyz turns ready only
-once the models and the snapshot are loaded.
+once the models and the snapshot are loaded. /metrics also carries the latest `retain monitor` figures
+(`serving/health.py`).
 
 Start it with `retain serve` (or `make serve`), which binds 127.0.0.1 unless told otherwise and mounts
 the routes under `serving.path_prefix` (passed here as RETAIN_SERVING_PATH_PREFIX).
@@ -27,6 +28,7 @@ from retain.errors import RetainError
 from retain.registry import Registry
 from retain.serving_state import Generation, ServingState, WorkerRegistry
 from serving.app import build_app
+from serving.health import HealthWatcher
 
 log = logging.getLogger("retain.serving")
 app = Starlette()  # routes are attached in __init__, once the worker's state exists
@@ -58,6 +60,7 @@ class RetainService:
         self._marker = self._marker_stamp()
         self.state = ServingState.load(self.config, self.registry, self.generation.read())
         self.workers.publish(self.state)
+        self.health = HealthWatcher(Path(self.config.monitor.report_file))  # /metrics: the latest retain monitor
         self._freeze_gc()
         app.router.routes[:] = build_app(self).router.routes
 

@@ -161,3 +161,28 @@ def test_retain_monitor_exits_0_when_all_holds_and_4_on_an_alert(trained, small_
     assert strict.returncode == monitor.ALERT_EXIT
     assert "alert: churn model v1: realised ECE" in strict.stderr and "Traceback" not in strict.stderr
     assert json.loads((exports / "monitor.json").read_text())["alerts"]
+
+
+def test_the_report_shows_model_health_from_the_latest_monitor_run():
+    from retain import report
+
+    assert "No <code>retain monitor</code> run" in report.health_section(None)
+    estimated_only = {
+        "as_of": "2025-02-01",
+        "days": [
+            {
+                "day": "2025-01-20",
+                "task": "churn",
+                "status": "estimated",
+                "expected_roc_auc": 0.9,
+                "promoted_roc_auc": 0.91,
+            }
+        ],
+        "drift": [{"task": "churn", "version": "2", "psi": [{"label": "近30天浏览次数", "psi": 0.31, "top": True}]}],
+        "alerts": ["churn model v2: members have shifted since training as of 2025-02-01: ..."],
+    }
+    page = report.health_section(estimated_only)
+    assert "<img" in page and "as of 2025-02-01" in page and "近30天浏览次数 (PSI 0.31)" in page
+    assert "members have shifted" in page
+    realised = {**estimated_only, "alerts": [], "days": [*estimated_only["days"], realised_row(day="2024-10-01")]}
+    assert "none: every figure holds" in report.health_section(realised)

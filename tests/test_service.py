@@ -244,16 +244,33 @@ def running_server(store: dict, extra_env: dict | None = None):
             process.wait()
 
 
+MONITOR_REPORT = {  # what `retain monitor` writes: the service publishes it on /metrics
+    "days": [
+        {"day": "2024-10-01", "task": "churn", "status": "realised", "roc_auc": 0.91, "pr_auc": 0.8, "ece": 0.02},
+        {"day": "2025-01-20", "task": "churn", "status": "estimated", "expected_roc_auc": 0.93},
+    ],
+    "drift": [{"task": "churn", "psi": [{"feature": "score", "psi": 0.31, "top": True}]}],
+    "alerts": ["churn model v1: members have shifted since training ..."],
+}
+
+
 @pytest.fixture(scope="module")
-def server(store):
-    with running_server(store) as url:
+def server(store, tmp_path_factory):
+    report = tmp_path_factory.mktemp("monitor") / "monitor.json"
+    report.write_text(json.dumps(MONITOR_REPORT), encoding="utf-8")
+    with running_server(store, {"RETAIN_MONITOR_REPORT_FILE": str(report)}) as url:
         yield url
 
 
 def test_a_real_server_scores_over_http(server, members):
     response = httpx.post(f"{server}/score", json={"member_ids": [members.index[0]]}, headers=AUTH, timeout=10)
     assert response.status_code == 200 and response.json()["scores"][0]["member_id"] == members.index[0]
-    assert httpx.get(f"{server}/metrics", timeout=10).status_code == 200
+    metrics = httpx.get(f"{server}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert 'retain_monitor_psi{input="score",task="churn"} 0.31' in metrics.text
+    assert 'retain_monitor_realised{metric="ece",task="churn"} 0.02' in metrics.text
+    assert 'retain_monitor_estimated_roc_auc{task="churn"} 0.93' in metrics.text
+    assert "retain_monitor_alerts 1.0" in metrics.text
     assert httpx.post(f"{server}/score", json={"member_ids": ["x"]}, timeout=10).status_code == 401
 
 

@@ -439,6 +439,9 @@ def monitor(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the figures and alerts here (default: EXPORTS/monitor.json).")
     ] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Monitor as on this day, YYYY-MM-DD (default: the end of the data).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Is the model still right? Realised accuracy of past exports, drift since training; exit 4 on an alert.
@@ -451,7 +454,8 @@ def monitor(
 
     cfg = settings(config)
     dataset = open_dataset(data or Path(cfg.data.dataset))
-    doc = health.run(dataset, cfg, Registry(cfg.mlflow), exports)
+    day = parse_date(as_of, "--as-of") if as_of else None
+    doc = health.run(dataset, cfg, Registry(cfg.mlflow), exports, day)
     out = Console(width=200)
     if doc["days"]:
         out.print(health.accuracy_table(doc["days"]))

@@ -246,6 +246,7 @@ class MonitorConfig:
     max_psi: float = 0.25  # population stability index above this, for a score or a top feature: alert
     top_features: int = 10  # the inputs (by the model's importance) whose drift raises an alert
     psi_bins: int = 10  # quantile bins of the training reference (stored by make train)
+    report_file: str = "exports/monitor.json"  # the latest figures, which the service's /metrics publishes
 
     def __post_init__(self) -> None:
         for name in ("max_ece", "max_auc_drop", "max_psi"):

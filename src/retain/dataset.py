@@ -194,8 +194,8 @@ class BucketWriter:
     def __enter__(self) -> BucketWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if not self.writers and self.schema is not None:  # no rows at all: an empty file keeps the columns
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None and not self.writers and self.schema is not None:  # no rows: an empty file keeps the columns
             self._writer(0)
         for writer in self.writers.values():
             writer.close()

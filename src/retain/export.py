@@ -164,7 +164,7 @@ def run(
 
         step("writing the files")
         with files.staging_folder(final) as temp:
-            page = report.html(tables, scored, summary, scorer, config, campaigns)
+            page = report.html(tables, scored, summary, scorer, config, campaigns, latest_health(out))
             write_files(temp, tables, summary, page, campaigns, csv=csv)
             files.restrict(temp, mode)
             files.fsync_tree(temp)
@@ -174,6 +174,14 @@ def run(
         folder = Path(config.serving.snapshot_dir)
         snapshot.write(frame, day, scorer.versions, dataset.fingerprint, folder, file_mode=mode, serve=serve)
     return ExportResult(final, status, summary, snapshot.served_as_of(folder))
+
+
+def latest_health(out: Path) -> dict | None:
+    """The latest `retain monitor` figures beside the exports (its monitor.json), or None (none, or unreadable)."""
+    try:
+        return json.loads((out / "monitor.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def build_tables(scored: pd.DataFrame, reasons: pd.DataFrame, versions: dict[str, str], day) -> dict:

@@ -101,8 +101,11 @@ def export_days(exports: Path) -> tuple[list[ExportDay], list[str]]:
     return days, skipped
 
 
-def accuracy(dataset: Dataset, config: Config, export: ExportDay, task: str, promoted: dict) -> dict:
-    """One day and task: realised figures if its window has closed, else the estimate."""
+def accuracy(
+    dataset: Dataset, config: Config, export: ExportDay, task: str, promoted: dict, as_of: pd.Timestamp | None = None
+) -> dict:
+    """One day and task: realised figures if its window has closed by `as_of` (default: the end of the data),
+    else the estimate."""
     horizon = horizon_days(config, task)
     p = export.scores[SCORE_COLUMN[task]].to_numpy(dtype=float)
     closes = export.day + pd.Timedelta(days=horizon)
@@ -117,7 +120,7 @@ def accuracy(dataset: Dataset, config: Config, export: ExportDay, task: str, pro
         "promoted_roc_auc": promoted.get("roc_auc", float("nan")),
         "promoted_ece": promoted.get("ece", float("nan")),
     }
-    if closes > dataset.observed_until:
+    if closes > min(as_of or dataset.observed_until, dataset.observed_until):
         return {**row, "status": ESTIMATED}
     y = labels.build(dataset, export.day, task, horizon)
     known = export.scores.index.intersection(y.index)
@@ -144,10 +147,11 @@ def promoted_figures(registry: Registry, task: str, version: str, cache: dict) -
     return cache[(task, version)]
 
 
-def drift_report(dataset: Dataset, config: Config, registry: Registry, scorer: Scorer) -> tuple[list[dict], list[str]]:
+def drift_report(
+    dataset: Dataset, config: Config, registry: Registry, scorer: Scorer, as_of: pd.Timestamp
+) -> tuple[list[dict], list[str]]:
     """Per task, the PSI of the champion's score and inputs between its training reference and the members as
-    of the end of the data, largest first; and a sentence per champion without a stored reference."""
-    as_of = dataset.observed_until
+    of `as_of`, largest first; and a sentence per champion without a stored reference."""
     features = feature_builder.build(dataset, as_of, config.data)
     column = decisions.Columns(features)
     summary = btyd.summary_arrays(*(column(name) for name in btyd.SUMMARY_INPUTS))
@@ -224,11 +228,15 @@ def alerts(days: list[dict], drifts: list[dict], config: Config) -> list[str]:
     return out
 
 
-def run(dataset: Dataset, config: Config, registry: Registry, exports: Path) -> dict:
-    """Everything `retain monitor` reports, as the JSON it writes (`alerts` empty when all holds)."""
+def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_of: pd.Timestamp | None = None) -> dict:
+    """Everything `retain monitor` reports, as the JSON it writes (`alerts` empty when all holds). `as_of`:
+    monitor as it would have on that day (exports up to it, windows closed by it, drift as of it); default
+    the end of the data."""
+    as_of = dataset.observed_until if as_of is None else min(pd.Timestamp(as_of), dataset.observed_until)
     missing = registry.missing_champions(MODELS)
     scorer = Scorer.from_registry(registry, config) if not missing else None
     days, notes = export_days(exports)
+    days = [export for export in days if export.day <= as_of]
     cache: dict = {}
     figures = [
         accuracy(
@@ -237,17 +245,19 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path) -> 
             export,
             task,
             promoted_figures(registry, task, export.versions.get(model_name(task), ""), cache),
+            as_of,
         )
         for export in days
         for task in SCORE_COLUMN
     ]
-    drifts, drift_notes = drift_report(dataset, config, registry, scorer) if scorer else ([], [])
+    drifts, drift_notes = drift_report(dataset, config, registry, scorer, as_of) if scorer else ([], [])
     if missing:
         drift_notes.append(f"no champion for {', '.join(missing)}: no drift measured; run make train")
     return _without_nan(
         {
             "dataset": str(dataset.path),
             "observed_until": dataset.observed_until.date().isoformat(),
+            "as_of": as_of.date().isoformat(),
             "exports": str(exports),
             "days": figures,
             "drift": drifts,

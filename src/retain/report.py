@@ -157,8 +157,69 @@ def readout_rows(campaigns: list[dict], currency: str, latest: int = 6) -> str:
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
 
 
+def model_health(days: list[dict]) -> plt.Figure:
+    """ROC-AUC of each past export over time: realised where its window closed (filled), estimated from
+    the calibrated probabilities where it is open (hollow), against the figure the version was promoted with."""
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    columns = ["day", "task", "status", "roc_auc", "expected_roc_auc", "promoted_roc_auc"]
+    frame = pd.DataFrame(days).reindex(columns=columns)  # no realised day yet: no roc_auc either
+    for (task, rows), color in zip(frame.groupby("task"), ("#4c72b0", "#dd8452"), strict=False):
+        day = pd.to_datetime(rows["day"])
+        realised = rows["status"] == "realised"
+        ax.plot(day[realised], rows.loc[realised, "roc_auc"], "o-", color=color, label=f"{task}: realised")
+        ax.plot(
+            day[~realised],
+            rows.loc[~realised, "expected_roc_auc"],
+            "o",
+            mfc="none",
+            color=color,
+            label=f"{task}: estimated (window open)",
+        )
+        ax.plot(day, rows["promoted_roc_auc"], ":", color=color, label=f"{task}: at promotion")
+    ax.set(ylabel="ROC-AUC", title="Are past scores still right? ROC-AUC of each export")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def health_section(health: dict | None) -> str:
+    """The "Model health" section from the latest `retain monitor` (its monitor.json beside the exports)."""
+    if not health:
+        return (
+            "<p>No <code>retain monitor</code> run beside these exports yet: run it daily before the export "
+            "(it exits 4 when an alert fires) to see here whether past scores held and whether members have "
+            "shifted since training.</p>"
+        )
+    alerts = health.get("alerts") or []
+    lines = "".join(f"<li>{html_text.escape(alert)}</li>" for alert in alerts) or "<li>none: every figure holds</li>"
+    drift = "".join(
+        f"<li>{html_text.escape(report['task'])} model v{html_text.escape(str(report['version']))}: "
+        + ", ".join(
+            f"{html_text.escape(row['label'])} (PSI {row['psi']:.2f})"
+            for row in report["psi"][:3]
+            if row["psi"] is not None
+        )
+        + "</li>"
+        for report in health.get("drift", [])
+    )
+    picture = png(model_health(health["days"])) if health.get("days") else ""
+    return (
+        f"<p>From <code>retain monitor</code> as of {html_text.escape(str(health.get('as_of', '')))}. "
+        f"Alerts:</p><ul>{lines}</ul>{picture}"
+        f"<p>Moved most since training (population stability index; above 0.25: a shift the model has not seen):</p>"
+        f"<ul>{drift}</ul>"
+    )
+
+
 def html(
-    tables: dict, scored: pd.DataFrame, summary: dict, scorer, config: Config, campaigns: list[dict] | None = None
+    tables: dict,
+    scored: pd.DataFrame,
+    summary: dict,
+    scorer,
+    config: Config,
+    campaigns: list[dict] | None = None,
+    health: dict | None = None,
 ) -> str:
     at_risk = tables["at_risk"]
     currency = summary["currency"]
@@ -197,5 +258,7 @@ img{{margin:8px;vertical-align:top}}</style></head>
 (<code>retain readout</code>; every campaign in readout.json).</p>
 {png(campaign_readout(campaigns or [], currency))}
 {readout_rows(campaigns or [], currency)}
+<h2>Model health</h2>
+{health_section(health)}
 </body></html>
 """
