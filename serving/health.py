@@ -18,31 +18,33 @@ import logging
 import threading
 from pathlib import Path
 
-import bentoml
+from prometheus_client import Gauge
 
 log = logging.getLogger("retain.serving")
 POLL_SECONDS = 60.0
-MODE = "mostrecent"  # every worker reads the same file: the latest value is the value
+# every worker reads the same file: the latest value is the value (BentoML runs prometheus_client in
+# multiprocess mode; its own bentoml.metrics wrapper is deprecated in favour of prometheus_client)
+MODE = "mostrecent"
 
-PSI = bentoml.metrics.Gauge(
+PSI = Gauge(
     name="retain_monitor_psi",
     documentation="Population stability index since training of a champion's score and top inputs (retain monitor)",
     labelnames=["task", "input"],
     multiprocess_mode=MODE,
 )
-REALISED = bentoml.metrics.Gauge(
+REALISED = Gauge(
     name="retain_monitor_realised",
     documentation="Realised accuracy of the latest export whose outcome window closed (retain monitor)",
     labelnames=["task", "metric"],
     multiprocess_mode=MODE,
 )
-ESTIMATED = bentoml.metrics.Gauge(
+ESTIMATED = Gauge(
     name="retain_monitor_estimated_roc_auc",
     documentation="ROC-AUC expected of the latest export from its calibrated probabilities (window still open)",
     labelnames=["task"],
     multiprocess_mode=MODE,
 )
-ALERTS = bentoml.metrics.Gauge(
+ALERTS = Gauge(
     name="retain_monitor_alerts",
     documentation="Alerts fired by the latest retain monitor run (0: every figure holds)",
     multiprocess_mode=MODE,
