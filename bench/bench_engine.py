@@ -48,9 +48,9 @@ def dataset_for(members: int) -> Path:
     return path
 
 
-def measure(command: list[str], env: dict) -> tuple[float, float, float]:
+def measure(command: list[str], env: dict, ok: tuple[int, ...] = (0,)) -> tuple[float, float, float]:
     """Wall seconds, the peak RSS (GiB) of the process and all its children, and the peak of its largest
-    child (a Dask worker; 0 without children)."""
+    child (a Dask worker; 0 without children). An exit code not in `ok` stops the bench."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     parent, peak, child_peak = psutil.Process(process.pid), 0, 0
@@ -64,7 +64,7 @@ def measure(command: list[str], env: dict) -> tuple[float, float, float]:
             pass
         time.sleep(0.2)
     seconds = time.perf_counter() - started
-    if process.returncode != 0:
+    if process.returncode not in ok:
         raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read()[-2000:]}")
     return seconds, peak / 2**30, child_peak / 2**30
 

@@ -115,6 +115,8 @@ def test_each_alert_says_what_crossed_which_limit_and_what_to_do(config):
         "churn model v3: realised ECE 0.081 on the 2025-09-01 list (promoted at 0.012), above monitor.max_ece 0.05 "
         "— retrain with make train"
     ]
+    # a version let through at ECE 0.09 (a shop's first model) is not stale at 0.06
+    assert monitor.alerts([realised_row(ece=0.06, promoted_ece=0.09)], [], config) == []
     assert monitor.alerts([realised_row(roc_auc=0.91)], [], config) == [
         "churn model v3: realised ROC-AUC 0.910 on the 2025-09-01 list, 0.040 below the 0.950 it was promoted at "
         "(limit 0.03) — retrain with make train"

@@ -35,7 +35,7 @@ from retain.evaluation import (
     uplift_calibration,
 )
 from retain.registry import CHALLENGER, CHAMPION, Registry
-from retain.scoring import MODELS, task_probability
+from retain.scoring import MODELS, model_input, task_probability
 from retain.simulate.oracle import oracle_for
 from retain.value import ValueModel, fit_value_model
 
@@ -104,8 +104,11 @@ def train_task(registry: Registry, snapshots: backtest.Snapshots, task: str, hor
         log_plots(registry, task, y.to_numpy(), scores, refit)
         latest = snapshots.features(dataset.observed_until - pd.Timedelta(days=horizon), horizon)
         version = registry.log_model(refit.model, latest.head(5)[refit.model.feature_names])
-        # what `retain monitor` measures drift against: the inputs and score on the latest training snapshot
-        references = drift.references(refit.model, latest, refit.model.predict(latest), config.monitor.psi_bins)
+        # what `retain monitor` measures drift against: the members the model goes live on, as the scorer sees them
+        live = model_input(refit.model, snapshots.base_features(dataset.observed_until), dataset.observed_until, config)
+        references = drift.references(
+            refit.model, live, refit.model.predict(live), dataset.observed_until, config.monitor.psi_bins
+        )
         registry.log_dict(references, drift.REFERENCE_FILE)
         registry.log_metrics({"duration_seconds": time.perf_counter() - started})
     tags = {

@@ -10,14 +10,16 @@ as rare rather than infinitely far. Rule of thumb: below 0.1 stable, 0.1-0.25 a 
 0.25 a shift the model has not seen (`monitor.max_psi`).
 
 The training job stores each champion's references as `reference_bins.json` in its MLflow run
-(`references`): every model input and the model's own probability, on the members of its latest training
-snapshot, and the inputs ordered by the model's importance.
+(`references`): every model input and the model's own probability, on the members as of the day it was
+trained (the population it went live on), and the inputs ordered by the model's importance.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from retain import promotions
 
 SHARE_FLOOR = 1e-4
 REFERENCE_FILE = "reference_bins.json"  # in the champion's MLflow run
@@ -65,13 +67,22 @@ def importance_order(model) -> list[str]:
     return names
 
 
-def references(model, inputs: pd.DataFrame, scores: np.ndarray, bins: int = 10) -> dict:
-    """What the training job stores for a champion: the bins of every input and of its score, and the
-    inputs by importance."""
-    matrix = inputs.reindex(columns=model.feature_names).to_numpy(dtype=float, na_value=np.nan)
+def references(model, inputs: pd.DataFrame, scores: np.ndarray, as_of: pd.Timestamp, bins: int = 10) -> dict:
+    """What the training job stores for a champion: the bins of every input and of its score on the
+    members as of `as_of` (`inputs`: the model's input, `scoring.model_input`), and the inputs by importance.
+
+    The calendar inputs (promotion days ahead: the same for every member on a day) are not a population and
+    have no bins; their values are kept, so that `retain monitor` scores today's members on the reference's
+    calendar and the score's PSI measures the members, not the season."""
+    population = [name for name in model.feature_names if not promotions.is_calendar(name)]
+    matrix = inputs.reindex(columns=population).to_numpy(dtype=float, na_value=np.nan)
     return {
+        "as_of": pd.Timestamp(as_of).date().isoformat(),
         "members": len(inputs),
-        "features": {name: reference_bins(matrix[:, i], bins) for i, name in enumerate(model.feature_names)},
+        "features": {name: reference_bins(matrix[:, i], bins) for i, name in enumerate(population)},
+        "calendar": {name: float(inputs[name].iloc[0]) for name in model.feature_names if promotions.is_calendar(name)}
+        if len(inputs)
+        else {},
         SCORE: reference_bins(scores, bins),
-        "importance": importance_order(model),
+        "importance": [name for name in importance_order(model) if not promotions.is_calendar(name)],
     }

@@ -47,6 +47,14 @@ def sql_condition(windows: Windows, column: str = "ordered_at") -> str:
     return "(" + " OR ".join(f"{md} BETWEEN {first} AND {last}" for first, last in month_days(windows)) + ")"
 
 
+CALENDAR_PREFIX = "promo_days_ahead_"
+
+
+def is_calendar(feature: str) -> bool:
+    """Whether a model input is the calendar (`days_ahead`): the same for every member on a day."""
+    return feature.startswith(CALENDAR_PREFIX)
+
+
 def days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: Windows) -> dict[str, int]:
     """Days of each window in [as_of, as_of + horizon): known in advance, one feature per window named
     after its dates (`promo_days_ahead_1101_1111`), since promotions differ in strength and a model can
@@ -59,6 +67,6 @@ def _days_ahead(as_of: pd.Timestamp, horizon_days: int, windows: tuple) -> tuple
     days = pd.date_range(as_of, periods=horizon_days, freq="D")
     md = np.asarray(days.month * 100 + days.day)
     return tuple(
-        (f"promo_days_ahead_{first:04d}_{last:04d}", int(((md >= first) & (md <= last)).sum()))
+        (f"{CALENDAR_PREFIX}{first:04d}_{last:04d}", int(((md >= first) & (md <= last)).sum()))
         for first, last in month_days(windows)
     )

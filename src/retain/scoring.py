@@ -25,6 +25,13 @@ MODELS = (*TASKS, "uplift", "value")
 REASONS_PER_MEMBER = 3
 
 
+def model_input(model: models.TaskModel, features: pd.DataFrame, as_of: pd.Timestamp, config: Config) -> pd.DataFrame:
+    """A task model's input: features plus BG/NBD features at its horizon with its stored fit, and the
+    promotion days ahead (the calendar)."""
+    frame, _ = models.add_btyd_features(features, model.horizon_days, model.bgnbd)
+    return frame.assign(**promotions.days_ahead(as_of, model.horizon_days, config.data.promotion_windows))
+
+
 def task_probability(
     model: models.TaskModel,
     column: decisions.Columns,
@@ -92,10 +99,8 @@ class Scorer:
         return self.churn if task == "churn" else self.repurchase
 
     def model_input(self, features: pd.DataFrame, as_of: pd.Timestamp, task: str) -> pd.DataFrame:
-        """The task model's input: features plus BG/NBD features at its horizon with its stored fit."""
-        model = self.model(task)
-        frame, _ = models.add_btyd_features(features, model.horizon_days, model.bgnbd)
-        return frame.assign(**promotions.days_ahead(as_of, model.horizon_days, self.config.data.promotion_windows))
+        """The task model's input (`model_input`)."""
+        return model_input(self.model(task), features, as_of, self.config)
 
     def score(self, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
         """Per member (index `member_id`): `churn_risk`, `repurchase_prob`, and the decision without a
