@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := true
 export GIT_PYTHON_REFRESH := quiet
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup lock demo test test-fast lint simulate train export backtest-cdnow serve bento bench bench-serve bench-policy bench-readout bench-export bench-engine
+.PHONY: help setup lock demo test test-fast lint simulate train export monitor backtest-cdnow serve bento bench bench-serve bench-policy bench-readout bench-export bench-engine bench-monitor
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ train: setup $(DATA)/dataset.json ## Fit, backtest, log to MLflow and gate the m
 
 export: setup ## Write the day's at-risk list, summary and report to exports/DATE/ (DATE defaults to the data's end)
 	$(RETAIN) export --data $(DATA) --out $(OUT) $(if $(DATE),--date $(DATE))
+
+monitor: setup ## Is the model still right? Realised accuracy of past exports, drift; exit 4 on an alert (for cron)
+	$(RETAIN) monitor --data $(DATA) --exports $(OUT)
 
 serve: setup ## Serve the champions over HTTP on 127.0.0.1:3000 (needs RETAIN_API_TOKEN; after make train)
 	$(RETAIN) serve
@@ -93,6 +96,9 @@ bench-readout: setup ## The campaign readout's intervals against the simulator's
 
 bench-export: setup ## The daily export of 1,000,000 members: time and memory (after make demo)
 	$(PY) bench/bench_export.py
+
+bench-monitor: setup ## retain monitor over monthly exports of the demo shop: alerts, realised ECE, estimated against realised ROC-AUC
+	$(PY) bench/bench_monitor.py --data $(DATA) --train-until 2025-07-01 --every 30
 
 bench-engine: setup ## Features and export, local engine against a 2-worker Dask LocalCluster, at 250k/500k/1M members
 	$(PY) bench/bench_engine.py

@@ -10,7 +10,8 @@ churn risk and repurchase probability; `summary.json`: the model versions that s
   the expected positive rate (their mean) and the expected ROC-AUC (`expected_roc_auc`, the way NannyML's
   CBPE estimates it); marked as estimated;
 - **drift**: the population stability index (`retain.drift`) of every input of each champion and of its
-  score, between the reference stored at training and the members as of the end of the data;
+  score, between the members it went live on (the reference `make train` stores) and the members as of
+  the end of the data (or `--as-of`), the score computed on the reference's calendar;
 - **alerts**: realised ECE above `monitor.max_ece`, realised ROC-AUC more than `monitor.max_auc_drop`
   below the promotion figure, PSI above `monitor.max_psi` for a score or one of the `monitor.top_features`
   most important inputs. One sentence each; the command exits ALERT_EXIT when any fires.

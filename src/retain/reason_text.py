@@ -50,6 +50,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "best_cycle_cv": ("最规律品类的周期波动", "regularity of the most regular category"),
     "category_entropy": ("品类分散度", "spread over categories"),
     "n_categories": ("购买品类数", "categories bought"),
+    "first_purchase_days_ago": ("首个购买日至今天数", "days since the first purchase day"),
+    "last_purchase_days_ago": ("最后购买日至今天数", "days since the last purchase day"),
     "bgnbd_p_alive": ("BG/NBD 活跃概率", "BG/NBD probability still active"),
     "bgnbd_expected_purchases": ("BG/NBD 预期购买次数", "BG/NBD expected purchases"),
     "bgnbd_p_purchase": ("BG/NBD 购买概率", "BG/NBD probability of a purchase"),

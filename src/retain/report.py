@@ -160,7 +160,7 @@ def readout_rows(campaigns: list[dict], currency: str, latest: int = 6) -> str:
 def model_health(days: list[dict]) -> plt.Figure:
     """ROC-AUC of each past export over time: realised where its window closed (filled), estimated from
     the calibrated probabilities where it is open (hollow), against the figure the version was promoted with."""
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = plt.subplots(figsize=(10, 3.4))
     columns = ["day", "task", "status", "roc_auc", "expected_roc_auc", "promoted_roc_auc"]
     frame = pd.DataFrame(days).reindex(columns=columns)  # no realised day yet: no roc_auc either
     for (task, rows), color in zip(frame.groupby("task"), ("#4c72b0", "#dd8452"), strict=False):
@@ -177,7 +177,7 @@ def model_health(days: list[dict]) -> plt.Figure:
         )
         ax.plot(day, rows["promoted_roc_auc"], ":", color=color, label=f"{task}: at promotion")
     ax.set(ylabel="ROC-AUC", title="Are past scores still right? ROC-AUC of each export")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, not over them
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig
