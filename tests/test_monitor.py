@@ -92,10 +92,9 @@ def test_no_realised_figure_before_the_outcome_window_closes(tmp_path, config):
         ),
         {"retain-churn": "1", "retain-repurchase": "2"},
     )
-    churn = monitor.accuracy(dataset, config, day, "churn", {"roc_auc": 0.9})
+    churn, repurchase = monitor.accuracy(dataset, config, day, {"churn": {"roc_auc": 0.9}})
     assert churn["status"] == "estimated" and churn["window_closes"] == "2025-05-11" and "roc_auc" not in churn
-    assert churn["mean_predicted"] == pytest.approx(0.525)
-    repurchase = monitor.accuracy(dataset, config, day, "repurchase", {})
+    assert churn["mean_predicted"] == pytest.approx(0.525) and churn["promoted_roc_auc"] == 0.9
     assert repurchase["status"] == "realised" and repurchase["version"] == "2"
     assert repurchase["observed_rate"] == 0.5 and repurchase["roc_auc"] == 1.0  # a and b bought: ranked first
 

@@ -30,12 +30,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.table import Table
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from retain import drift, labels, reason_text
 from retain import features as feature_builder
 from retain.config import Config
 from retain.dataset import Dataset
-from retain.evaluation import evaluate
+from retain.evaluation import expected_calibration_error
 from retain.registry import Registry, model_name
 from retain.scoring import MODELS, Scorer
 
@@ -103,37 +104,51 @@ def export_days(exports: Path) -> tuple[list[ExportDay], list[str]]:
 
 
 def accuracy(
-    dataset: Dataset, config: Config, export: ExportDay, task: str, promoted: dict, as_of: pd.Timestamp | None = None
-) -> dict:
-    """One day and task: realised figures if its window has closed by `as_of` (default: the end of the data),
-    else the estimate."""
-    horizon = horizon_days(config, task)
-    p = export.scores[SCORE_COLUMN[task]].to_numpy(dtype=float)
-    closes = export.day + pd.Timedelta(days=horizon)
-    row = {
-        "day": export.day.date().isoformat(),
-        "task": task,
-        "version": export.versions.get(model_name(task), ""),
-        "members": len(p),
-        "window_closes": closes.date().isoformat(),
-        "mean_predicted": float(np.nanmean(p)) if len(p) else float("nan"),
-        "expected_roc_auc": expected_roc_auc(p),
-        "promoted_roc_auc": promoted.get("roc_auc", float("nan")),
-        "promoted_ece": promoted.get("ece", float("nan")),
-    }
-    if closes > min(as_of or dataset.observed_until, dataset.observed_until):
-        return {**row, "status": ESTIMATED}
-    y = labels.build(dataset, export.day, task, horizon)
-    known = export.scores.index.intersection(y.index)
-    p_known = export.scores.loc[known, SCORE_COLUMN[task]].to_numpy(dtype=float)
-    y_known = y.loc[known].to_numpy()
-    realised = evaluate(y_known, p_known) if len(known) else {}
+    dataset: Dataset, config: Config, export: ExportDay, promoted: dict[str, dict], as_of: pd.Timestamp | None = None
+) -> list[dict]:
+    """One export day, per task: realised figures if its window has closed by `as_of` (default: the end of the
+    data), else the estimate. `promoted`: task -> the figures its version was promoted with."""
+    until = min(as_of or dataset.observed_until, dataset.observed_until)
+    rows = {}
+    for task, column in SCORE_COLUMN.items():
+        p = export.scores[column].to_numpy(dtype=float)
+        closes = export.day + pd.Timedelta(days=horizon_days(config, task))
+        rows[task] = {
+            "day": export.day.date().isoformat(),
+            "task": task,
+            "version": export.versions.get(model_name(task), ""),
+            "members": len(p),
+            "window_closes": closes.date().isoformat(),
+            "status": REALISED if closes <= until else ESTIMATED,
+            "mean_predicted": float(np.nanmean(p)) if len(p) else float("nan"),
+            "expected_roc_auc": expected_roc_auc(p),
+            "promoted_roc_auc": promoted.get(task, {}).get("roc_auc", float("nan")),
+            "promoted_ece": promoted.get(task, {}).get("ece", float("nan")),
+        }
+    closed = {task: horizon_days(config, task) for task, row in rows.items() if row["status"] == REALISED}
+    if closed:  # the labels of every closed task from one pass over the orders, aligned to the scores once
+        y = labels.build_tasks(dataset, export.day, closed)
+        if not y.index.equals(export.scores.index):  # the same members, sorted, unless the data changed since
+            y = y.reindex(export.scores.index)
+        known = y.notna().all(axis=1).to_numpy()  # members scored that day and in the label population
+        for task in closed:
+            y_known = y[task].to_numpy()[known].astype(int)
+            p_known = export.scores[SCORE_COLUMN[task]].to_numpy(dtype=float)[known]
+            rows[task] |= {
+                "members_labelled": int(known.sum()),
+                "observed_rate": float(y_known.mean()) if known.any() else float("nan"),
+                **realised_metrics(y_known, p_known),
+            }
+    return list(rows.values())
+
+
+def realised_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """ROC-AUC, PR-AUC and ECE of probabilities `p` against outcomes `y` (NaN where one label only)."""
+    both = len(y) > 0 and 0 < y.sum() < len(y)
     return {
-        **row,
-        "status": REALISED,
-        "members_labelled": len(known),
-        "observed_rate": float(y_known.mean()) if len(known) else float("nan"),
-        **{key: realised.get(key, float("nan")) for key in ("roc_auc", "pr_auc", "ece")},
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "ece": expected_calibration_error(y, p) if len(y) else float("nan"),
     }
 
 
@@ -241,16 +256,18 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_
     days = [export for export in days if export.day <= as_of]
     cache: dict = {}
     figures = [
-        accuracy(
+        row
+        for export in days
+        for row in accuracy(
             dataset,
             config,
             export,
-            task,
-            promoted_figures(registry, task, export.versions.get(model_name(task), ""), cache),
+            {
+                task: promoted_figures(registry, task, export.versions.get(model_name(task), ""), cache)
+                for task in SCORE_COLUMN
+            },
             as_of,
         )
-        for export in days
-        for task in SCORE_COLUMN
     ]
     drifts, drift_notes = drift_report(dataset, config, registry, scorer, as_of) if scorer else ([], [])
     if missing:
