@@ -189,7 +189,6 @@ class BucketWriter:
         self.folder, self.table, self.buckets, self.part = Path(folder), table, buckets, part
         self.schema: pa.Schema | None = None
         self.writers: dict[int, pq.ParquetWriter] = {}
-        self.rows = 0
 
     def __enter__(self) -> BucketWriter:
         return self
@@ -219,7 +218,6 @@ class BucketWriter:
         ends = [*starts[1:], len(bucket)]
         for k, start, end in zip(present, starts, ends, strict=True):
             self._writer(int(k)).write_table(rows.slice(int(start), int(end - start)))
-        self.rows += len(rows)
 
 
 @contextlib.contextmanager
