@@ -115,6 +115,15 @@ def test_each_alert_says_what_crossed_which_limit_and_what_to_do(config):
         "churn model v3: realised ECE 0.081 on the 2025-09-01 list (promoted at 0.012), above monitor.max_ece 0.05 "
         "— retrain with make train"
     ]
+    # the lists of the version serving now; the latest that crossed is named, once; a replaced version is history
+    lists = [
+        realised_row(day="2025-08-01", ece=0.2),
+        realised_row(day="2025-09-01", ece=0.3),
+        realised_row(day="2025-10-01"),
+    ]
+    (alert,) = monitor.alerts(lists, [], config, serving={"churn": "3"})
+    assert "realised ECE 0.300 on the 2025-09-01 list" in alert
+    assert monitor.alerts(lists, [], config, serving={"churn": "4"}) == []
     # a version let through at ECE 0.09 (a shop's first model) is not stale at 0.06
     assert monitor.alerts([realised_row(ece=0.06, promoted_ece=0.09)], [], config) == []
     assert monitor.alerts([realised_row(roc_auc=0.91)], [], config) == [

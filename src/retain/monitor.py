@@ -12,9 +12,11 @@ churn risk and repurchase probability; `summary.json`: the model versions that s
 - **drift**: the population stability index (`retain.drift`) of every input of each champion and of its
   score, between the members it went live on (the reference `make train` stores) and the members as of
   the end of the data (or `--as-of`), the score computed on the reference's calendar;
-- **alerts**: realised ECE above `monitor.max_ece`, realised ROC-AUC more than `monitor.max_auc_drop`
-  below the promotion figure, PSI above `monitor.max_psi` for a score or one of the `monitor.top_features`
-  most important inputs. One sentence each; the command exits ALERT_EXIT when any fires.
+- **alerts**: on the realised lists scored by the version serving now, a realised ECE above
+  `monitor.max_ece` (and the promotion figure) or a ROC-AUC more than `monitor.max_auc_drop` below the
+  promotion figure (the latest such list named; the alert holds until the model is replaced); a PSI
+  above `monitor.max_psi` for a score or one of the `monitor.top_features` most important inputs. One
+  sentence each; the command exits ALERT_EXIT when any fires.
 
 A day whose `scores.parquet` is missing or unreadable is skipped with a sentence saying why.
 """
@@ -61,7 +63,7 @@ def expected_roc_auc(p: np.ndarray) -> float:
     p = p[~np.isnan(p)]
     if len(p) < 2:
         return float("nan")
-    values, starts, counts = np.unique(p, return_index=True, return_counts=True)
+    _, starts = np.unique(p, return_index=True)
     neg = np.add.reduceat(1.0 - p, starts)  # expected negatives at each distinct score
     pos = np.add.reduceat(p, starts)
     below = np.cumsum(neg) - neg  # expected negatives strictly below each score
@@ -212,27 +214,32 @@ def drift_report(
     return reports, notes
 
 
-def alerts(days: list[dict], drifts: list[dict], config: Config) -> list[str]:
-    """One sentence per threshold crossed, saying what to do."""
-    m, out = config.monitor, []
-    for row in days:
-        if row["status"] != REALISED:
+def alerts(days: list[dict], drifts: list[dict], config: Config, serving: dict[str, str] | None = None) -> list[str]:
+    """One sentence per threshold crossed, saying what to do. The accuracy alerts read the realised lists
+    scored by the version serving now (`serving`: task -> version; None: any version) and name the latest
+    list that crossed each threshold: an alert holds until the model is replaced (a list scored by a replaced
+    version is history)."""
+    m = config.monitor
+    crossed: dict[tuple[str, str], str] = {}  # (task, kind) -> the sentence of the latest list crossing it
+    for row in days:  # in day order: a later list's sentence replaces an earlier one's
+        if row["status"] != REALISED or (serving is not None and row["version"] != serving.get(row["task"])):
             continue
         name = f"{row['task']} model v{row['version']}"
         promoted = "" if np.isnan(row["promoted_ece"]) else f" (promoted at {row['promoted_ece']:.3f})"
         # worse than the limit and than what the version was promoted with (a model let through at 0.09 as the
         # first of a shop is not stale at 0.06)
         if row["ece"] > max(m.max_ece, np.nan_to_num(row["promoted_ece"], nan=0.0)):
-            out.append(
+            crossed[(row["task"], "ece")] = (
                 f"{name}: realised ECE {row['ece']:.3f} on the {row['day']} list{promoted}, above "
                 f"monitor.max_ece {m.max_ece} — retrain with make train"
             )
         if row["roc_auc"] < row["promoted_roc_auc"] - m.max_auc_drop:
-            out.append(
+            crossed[(row["task"], "roc_auc")] = (
                 f"{name}: realised ROC-AUC {row['roc_auc']:.3f} on the {row['day']} list, "
                 f"{row['promoted_roc_auc'] - row['roc_auc']:.3f} below the {row['promoted_roc_auc']:.3f} it was "
                 f"promoted at (limit {m.max_auc_drop}) — retrain with make train"
             )
+    out = list(crossed.values())
     for report in drifts:
         shifted = [row for row in report["psi"] if row["top"] and row["psi"] > m.max_psi]
         if shifted:
@@ -270,6 +277,7 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_
         )
     ]
     drifts, drift_notes = drift_report(dataset, config, registry, scorer, as_of) if scorer else ([], [])
+    serving = {task: scorer.versions.get(model_name(task), "") for task in SCORE_COLUMN} if scorer else None
     if missing:
         drift_notes.append(f"no champion for {', '.join(missing)}: no drift measured; run make train")
     return _without_nan(
@@ -281,7 +289,7 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_
             "days": figures,
             "drift": drifts,
             "notes": notes + drift_notes,
-            "alerts": alerts(figures, drifts, config),
+            "alerts": alerts(figures, drifts, config, serving),
         }
     )
 
