@@ -58,7 +58,7 @@ def train(dataset: Dataset, config: Config, force: bool = False) -> list[dict]:
 
 def train_with(dataset: Dataset, config: Config, force: bool, snapshots: backtest.Snapshots) -> list[dict]:
     registry = Registry(config.mlflow)
-    tasks = {"churn": config.labels.churn_horizon_days, "repurchase": config.labels.repurchase_horizon_days}
+    tasks = config.labels.horizons
     results = []
     with console.status("training") as status:
         status.update("checking the shop's history and fitting the value model")

@@ -288,10 +288,8 @@ def backtest(
     cfg = settings(config)
     if task not in ("churn", "repurchase", "both"):
         raise RetainError(f"--task must be churn, repurchase or both, got {task!r}.")
-    horizons = {
-        "churn": churn_horizon or cfg.labels.churn_horizon_days,
-        "repurchase": repurchase_horizon or cfg.labels.repurchase_horizon_days,
-    }
+    given = {"churn": churn_horizon, "repurchase": repurchase_horizon}
+    horizons = {name: given[name] or days for name, days in cfg.labels.horizons.items()}
     tasks = horizons if task == "both" else {task: horizons[task]}
     dates = [parse_date(text.strip(), "--cutoffs") for text in cutoffs.split(",") if text.strip()]
     if not dates:

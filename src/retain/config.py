@@ -66,6 +66,11 @@ class LabelsConfig:
     churn_horizon_days: int = 90
     repurchase_horizon_days: int = 30
 
+    @property
+    def horizons(self) -> dict[str, int]:
+        """Each task's label window in days."""
+        return {"churn": self.churn_horizon_days, "repurchase": self.repurchase_horizon_days}
+
 
 @dataclass(frozen=True)
 class TrainingConfig:

@@ -47,10 +47,6 @@ SCORE_COLUMN = {"churn": "churn_risk", "repurchase": "repurchase_prob"}
 REALISED, ESTIMATED = "realised", "estimated"
 
 
-def horizon_days(config: Config, task: str) -> int:
-    return config.labels.churn_horizon_days if task == "churn" else config.labels.repurchase_horizon_days
-
-
 def expected_roc_auc(p: np.ndarray) -> float:
     """The ROC-AUC that calibrated probabilities `p` expect of themselves (confidence-based performance
     estimation): each member is a positive with probability p and a negative with 1 - p, so
@@ -114,7 +110,7 @@ def accuracy(
     rows = {}
     for task, column in SCORE_COLUMN.items():
         p = export.scores[column].to_numpy(dtype=float)
-        closes = export.day + pd.Timedelta(days=horizon_days(config, task))
+        closes = export.day + pd.Timedelta(days=config.labels.horizons[task])
         rows[task] = {
             "day": export.day.date().isoformat(),
             "task": task,
@@ -127,7 +123,7 @@ def accuracy(
             "promoted_roc_auc": promoted.get(task, {}).get("roc_auc", float("nan")),
             "promoted_ece": promoted.get(task, {}).get("ece", float("nan")),
         }
-    closed = {task: horizon_days(config, task) for task, row in rows.items() if row["status"] == REALISED}
+    closed = {task: config.labels.horizons[task] for task, row in rows.items() if row["status"] == REALISED}
     if closed:  # the labels of every closed task from one pass over the orders, aligned to the scores once
         y = labels.build_tasks(dataset, export.day, closed)
         if not y.index.equals(export.scores.index):  # the same members, sorted, unless the data changed since
