@@ -169,8 +169,8 @@ def write_dataset(
 def write_tables(folder: Path, tables: dict[str, pd.DataFrame], buckets: int) -> None:
     """Each table, validated against the contract, into its member buckets."""
     for table, frame in tables.items():
-        contract.schema(table).validate(frame)
-        write_buckets(folder, table, pa.Table.from_pandas(frame, preserve_index=False), buckets)
+        with BucketWriter(folder, table, buckets) as writer:
+            writer.write_frame(frame)
 
 
 def write_buckets(folder: Path, table: str, rows: pa.Table, buckets: int, part: str = "part-0") -> None:
@@ -205,6 +205,11 @@ class BucketWriter:
             where.mkdir(parents=True, exist_ok=True)
             self.writers[k] = pq.ParquetWriter(where / f"{self.part}.parquet", self.schema)
         return self.writers[k]
+
+    def write_frame(self, frame: pd.DataFrame) -> None:
+        """Canonical rows, validated against the table's contract, then written (`write`)."""
+        contract.schema(self.table).validate(frame)
+        self.write(pa.Table.from_pandas(frame, preserve_index=False))
 
     def write(self, rows: pa.Table) -> None:
         self.schema = rows.schema if self.schema is None else self.schema

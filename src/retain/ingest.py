@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retain import contract as c
@@ -418,11 +417,19 @@ class TableResult:
     counts: dict = field(default_factory=dict)  # the orders' other kinds of row (retain.order_lines)
     last_at: pd.Timestamp | None = None  # the latest value of the table's time column (the orders' end)
 
-    def add(self, quarantine: pd.DataFrame, rows_read: int, written: pd.DataFrame, counts: dict | None = None) -> None:
-        """Count one chunk in: its bad rows, rows read, rows written and (orders) the other kinds of row."""
-        if self.quarantine is None or len(quarantine):
-            parts = [quarantine] if self.quarantine is None else [self.quarantine, quarantine]
-            self.quarantine = pd.concat(parts, ignore_index=True)
+    def add(
+        self,
+        quarantine: pd.DataFrame,
+        rows_read: int,
+        written: pd.DataFrame,
+        counts: dict | None = None,
+        set_aside: pd.DataFrame | None = None,
+    ) -> None:
+        """Count one chunk in: its bad rows, rows read, rows written and (orders) the other kinds of row and
+        the rows set aside."""
+        self.quarantine = _appended(self.quarantine, quarantine)
+        if set_aside is not None and len(set_aside):
+            self.set_aside = _appended(self.set_aside, set_aside)
         self.rows_read += rows_read
         self.rows_written += len(written)
         for key, value in (counts or {}).items():
@@ -454,6 +461,11 @@ class TableResult:
         """What goes to quarantine/<table>.parquet: the bad rows, then the rows set aside."""
         parts = [self.quarantine] + ([self.set_aside] if self.set_aside is not None and len(self.set_aside) else [])
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else self.quarantine
+
+
+def _appended(kept: pd.DataFrame | None, more: pd.DataFrame) -> pd.DataFrame:
+    """`more` rows after `kept` (the first chunk's frame as it is, even empty: it carries the columns)."""
+    return more if kept is None else (pd.concat([kept, more], ignore_index=True) if len(more) else kept)
 
 
 def ingest(
@@ -517,16 +529,12 @@ def _ingest_file(
     for raw in chunks:
         if table == "orders":
             orders = orders_result(raw, mapping, path.name, as_of, timezone, seen)
-            rows, quarantine, counts = orders.rows, orders.quarantine, orders.counts
-            if len(orders.set_aside):
-                parts = [orders.set_aside] if result.set_aside is None else [result.set_aside, orders.set_aside]
-                result.set_aside = pd.concat(parts, ignore_index=True)
+            rows, quarantine, counts, set_aside = orders.rows, orders.quarantine, orders.counts, orders.set_aside
         else:
             rows, quarantine = canonicalize(raw, table, mapping, path.name, as_of, timezone, seen=seen)
-            counts = None
-        c.schema(table).validate(rows)
-        writer.write(pa.Table.from_pandas(rows, preserve_index=False))
-        result.add(quarantine, len(raw), rows, counts)
+            counts, set_aside = None, None
+        writer.write_frame(rows)
+        result.add(quarantine, len(raw), rows, counts, set_aside)
     if table == "orders" and result.rows_read == 0:
         raise RetainError(f"The orders file {path} has no rows; there is nothing to ingest.")
     return result

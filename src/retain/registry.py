@@ -58,6 +58,11 @@ class RegisteredVersion:
     run_id: str | None
 
 
+def registered(v) -> RegisteredVersion:
+    """An MLflow model version as the project reads it."""
+    return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
+
+
 class Registry:
     """Tracking and registry in the SQLite store named by the config (artifacts beside it)."""
 
@@ -125,18 +130,16 @@ class Registry:
 
     def version_by_alias(self, task: str, alias: str = CHAMPION) -> RegisteredVersion | None:
         try:
-            v = self.client.get_model_version_by_alias(model_name(task), alias)
+            return registered(self.client.get_model_version_by_alias(model_name(task), alias))
         except MlflowException:
             return None
-        return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
 
     def version(self, task: str, version: str) -> RegisteredVersion | None:
         """One version of a task's model with its tags (None when the registry has no such version)."""
         try:
-            v = self.client.get_model_version(model_name(task), str(version))
+            return registered(self.client.get_model_version(model_name(task), str(version)))
         except MlflowException:
             return None
-        return RegisteredVersion(v.name, str(v.version), tuple(v.aliases), dict(v.tags), v.run_id)
 
     def load_dict(self, run_id: str, path: str) -> dict | None:
         """A JSON artifact of a run (`log_dict`), or None when the run has none by that name."""
