@@ -128,6 +128,13 @@ def test_an_orders_file_with_no_rows_is_an_error(tmp_path):
         ingest({"orders": write(tmp_path, HEADER)}, tmp_path / "out")
 
 
+def test_an_orders_file_of_guests_only_is_an_error_and_writes_nothing(tmp_path):
+    text = HEADER + "o1,,2025-01-02,10,食品,paid\no2,,2025-01-03,12,食品,paid\n"
+    with pytest.raises(RetainError, match=r"No order of .*orders.csv was kept \(every row is a guest's"):
+        ingest({"orders": write(tmp_path, text)}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_in_the_wrong_encoding_is_named(tmp_path):
     path = write(tmp_path, HEADER + "o1,m1,2025-01-02,10,家电3C,paid\n", encoding="gbk")
     with pytest.raises(RetainError, match=r"orders\.csv is not valid utf-8"):

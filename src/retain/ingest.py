@@ -498,6 +498,11 @@ def ingest(
                 results[table] = _ingest_file(writer, Path(path), mapping, as_of, timezone, chunk_rows)
         _reject_if_too_bad(results, max_bad_share)
         last = results["orders"].last_at
+        if last is None:  # every row a guest, excluded or quarantined (within max_bad_share)
+            raise RetainError(
+                f"No order of {sources['orders']} was kept (every row is a guest's, excluded or quarantined); "
+                "there is nothing to ingest: check the member_id column in the mapping."
+            )
         observed_until = as_of if as_of is not None else last.normalize() + pd.Timedelta(days=1)
         report = {"tables": {t: r.report() for t, r in results.items()}, "observed_until": observed_until.isoformat()}
         (folder / "quarantine").mkdir()
