@@ -76,15 +76,17 @@ class ExportDay:
     versions: dict[str, str]  # registered model name -> version
 
 
-def export_days(exports: Path) -> tuple[list[ExportDay], list[str]]:
-    """Every export day under `exports` (folders named YYYY-MM-DD) with its scores and model versions, and
-    a sentence for each day skipped (no or unreadable scores.parquet or summary.json)."""
+def export_days(exports: Path, until: pd.Timestamp | None = None) -> tuple[list[ExportDay], list[str]]:
+    """Every export day under `exports` (folders named YYYY-MM-DD, up to `until` if given) with its scores
+    and model versions, and a sentence for each day skipped (no or unreadable scores.parquet or summary.json)."""
     days, skipped = [], []
     folders = sorted(p for p in Path(exports).glob("????-??-??") if p.is_dir()) if Path(exports).is_dir() else []
     for folder in folders:
         try:
             day = pd.Timestamp(folder.name)
         except ValueError:
+            continue
+        if until is not None and day > until:  # after the day monitored: not read
             continue
         absent = [name for name in ("scores.parquet", "summary.json") if not (folder / name).is_file()]
         if absent:
@@ -255,8 +257,7 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_
     as_of = dataset.observed_until if as_of is None else min(pd.Timestamp(as_of), dataset.observed_until)
     missing = registry.missing_champions(MODELS)
     scorer = Scorer.from_registry(registry, config) if not missing else None
-    days, notes = export_days(exports)
-    days = [export for export in days if export.day <= as_of]
+    days, notes = export_days(exports, as_of)
     cache: dict = {}
     figures = [
         row
