@@ -1,5 +1,6 @@
 """`retain.forest` scores exactly as `Booster.predict(raw_score=True)`: same leaves, same sums, bit for bit,
-on the values that decide a split's side (missing, zero, tiny, infinite, equal to a threshold)."""
+on the values that decide a split's side (missing, zero, tiny, infinite, equal to a threshold); and its
+contributions are `pred_contrib`'s, to rounding."""
 
 import lightgbm as lgb
 import numpy as np
@@ -86,6 +87,35 @@ def test_a_model_the_loop_does_not_score_keeps_the_booster(params, categorical):
     booster, x = train(params, rounds=10, categorical=categorical)
     assert forest.Forest.of(booster) is None
     assert np.array_equal(forest.raw_score(booster, x), booster.predict(x, raw_score=True))
+    contributions = forest.contributions(booster, x)
+    assert np.array_equal(contributions, booster.predict(x, pred_contrib=True))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"num_leaves": 15},
+        {"num_leaves": 64, "min_data_in_leaf": 5},
+        {"num_leaves": 7, "zero_as_missing": True},
+        {"num_leaves": 7, "use_missing": False},
+        {"num_leaves": 15, "min_data_in_leaf": 5000},
+    ],
+    ids=["nan-missing", "64-leaves", "zero-as-missing", "no-missing", "single-leaf"],
+)
+def test_contributions_are_lightgbms_treeshap(params, monkeypatch):
+    """Each tree explained once per way its splits send the rows, then copied: LightGBM's values to
+    rounding (its sums are grouped differently), for every row, also across blocks of rows."""
+    booster, x = train(params)
+    monkeypatch.setattr(forest, "CONTRIBUTION_ROWS", 1000)  # 3,000 rows: three blocks
+    expected = booster.predict(x, pred_contrib=True)
+    contributions = forest.contributions(booster, x)
+    assert contributions.shape == expected.shape
+    np.testing.assert_allclose(contributions, expected, rtol=0, atol=1e-12)
+    assert np.allclose(contributions.sum(axis=1), booster.predict(x, raw_score=True), rtol=0, atol=1e-12)
+    first_seven = forest.contributions(booster, x, num_iteration=7)
+    np.testing.assert_allclose(first_seven, booster.predict(x, pred_contrib=True, num_iteration=7), atol=1e-12)
+    few = x[: forest.GROUPED_MIN_ROWS - 1]  # a service request: one pred_contrib call, exactly LightGBM's
+    assert np.array_equal(forest.contributions(booster, few), booster.predict(few, pred_contrib=True))
 
 
 def test_a_matrix_of_the_wrong_width_is_refused():

@@ -159,7 +159,7 @@ class TaskModel:
         elif trees == 0:
             values = np.zeros((len(matrix), len(self.feature_names)))
         else:
-            values = self.booster.predict(matrix, pred_contrib=True, num_threads=threads, num_iteration=trees)[:, :-1]
+            values = forest.contributions(self.booster, matrix, trees, threads)[:, :-1]
         if self.anchored:  # the anchor's push, against its training mean, counts for BG/NBD's P(purchase)
             column = self.feature_names.index(self.anchor)
             anchor = btyd_anchor(matrix[:, column], self.task, self.anchor)
