@@ -6,6 +6,7 @@ it starts and again whenever the file changes (a `stat` every POLL_SECONDS in a 
 - `retain_monitor_psi{task, input}`: the PSI of each champion's score and top inputs since training;
 - `retain_monitor_realised{task, metric}`: roc_auc, pr_auc and ece of the latest export whose window closed;
 - `retain_monitor_estimated_roc_auc{task}`: the estimate for the latest export (window still open);
+- `retain_monitor_volume_ratio{table}`: a feed's rows a day lately against before training (1: unchanged);
 - `retain_monitor_alerts`: how many alerts the latest run fired (0: all holds).
 
 A missing or unreadable file sets nothing (and is logged once per change), so a scrape never fails on it.
@@ -44,6 +45,12 @@ ESTIMATED = Gauge(
     labelnames=["task"],
     multiprocess_mode=MODE,
 )
+VOLUME = Gauge(
+    name="retain_monitor_volume_ratio",
+    documentation="Rows a day of a feed lately against before the champions were trained (retain monitor)",
+    labelnames=["table"],
+    multiprocess_mode=MODE,
+)
 ALERTS = Gauge(
     name="retain_monitor_alerts",
     documentation="Alerts fired by the latest retain monitor run (0: every figure holds)",
@@ -69,6 +76,8 @@ def publish(doc: dict) -> None:
     for task, row in latest.items():
         if row.get("expected_roc_auc") is not None:
             ESTIMATED.labels(task=task).set(row["expected_roc_auc"])
+    for row in doc.get("volume", []):
+        VOLUME.labels(table=row["table"]).set(row["ratio"])
     ALERTS.set(len(doc.get("alerts", [])))
 
 

@@ -44,6 +44,7 @@ def test_overrides_are_typed_from_their_text():
         ({"RETAIN_NOSUCH_KEY": "1"}, "RETAIN_NOSUCH_KEY"),
         ({"RETAIN_SERVING_ALLOW_ANONYMOUS": "1"}, "serving.allow_anonymous"),
         ({"RETAIN_DECISIONS_CHURN_THRESHOLD": "0.7"}, "decisions.churn_threshold"),  # above sleeping_threshold
+        ({"RETAIN_MONITOR_MAX_VOLUME_RATIO": "0.5"}, "monitor.max_volume_ratio"),  # a ratio below 1 never alerts
     ],
 )
 def test_a_wrong_key_or_type_is_an_error_naming_it(environ, named):

@@ -10,7 +10,8 @@ import pytest
 from conftest import ROOT, make_dataset, orders_frame
 from sklearn.metrics import roc_auc_score
 
-from retain import drift, export, monitor
+from retain import drift, export, monitor, promotions
+from retain.features import columns_from
 from retain.registry import Registry
 
 # --- drift --------------------------------------------------------------------------------------------------
@@ -147,6 +148,68 @@ def test_each_alert_says_what_crossed_which_limit_and_what_to_do(config):
     ]
 
 
+# --- rows a day of the feeds ------------------------------------------------------------------------------
+
+
+def test_a_feed_that_halves_shows_within_days_and_a_promotion_does_not():
+    days = pd.date_range("2025-08-01", "2025-10-10")
+    windows = [["06-01", "06-18"], ["09-20", "09-25"]]
+    daily = pd.Series(1000.0, index=days)
+    daily[promotions.in_windows(days, windows)] = 5000.0  # a promotion: busier, not a broken feed
+    daily[days.day_of_week == 6] = 700.0  # a quiet weekday: the median of a week is not moved by it
+    trained = pd.Timestamp("2025-09-01")
+    steady = drift.volume(daily[days < "2025-10-01"], trained, windows)
+    assert steady["ratio"] == 1.0 and steady["reference_per_day"] == 1000.0
+    assert (steady["recent_first"], steady["recent_last"]) == ("2025-09-18", "2025-09-30")  # 9-20..9-25 left out: 18, 19, 26..30
+    daily[days >= "2025-10-06"] /= 2  # a tracking change: half the events recorded from 10-06
+    halved = drift.volume(daily, trained, windows)  # four days later: 5 of the last 7 days are halved
+    assert halved["ratio"] == 0.5 and halved["recent_last"] == "2025-10-10"
+    assert drift.volume(daily[days < "2025-08-10"], trained, windows) is None  # 6 of 28 reference days: too few
+
+
+def test_rows_a_day_are_counted_per_calendar_day_every_day_listed(tmp_path):
+    orders = orders_frame(
+        [("m1", "2025-01-01 09:00", 10), ("m2", "2025-01-01 23:59", 10), ("m1", "2025-01-03 00:00", 5)]
+    )
+    dataset = make_dataset(tmp_path, {"orders": orders}, "2025-01-05")
+    daily = drift.daily_rows(dataset, "orders", pd.Timestamp("2024-12-31"), pd.Timestamp("2025-01-04"))
+    assert daily.to_dict() == {
+        pd.Timestamp("2024-12-31"): 0.0,
+        pd.Timestamp("2025-01-01"): 2.0,
+        pd.Timestamp("2025-01-02"): 0.0,
+        pd.Timestamp("2025-01-03"): 1.0,
+    }
+
+
+def test_the_inputs_a_feed_builds_are_read_off_the_feature_computation(config):
+    events = columns_from("events", config.data)
+    assert {"views_30d", "days_since_last_event", "events_trend_90d"} <= events
+    assert not events & columns_from("orders", config.data)  # a browse input is not an order input
+    assert {"recency_days", "frequency", "monetary_mean"} <= columns_from("orders", config.data)
+
+
+def test_a_volume_alert_names_the_feed_its_change_and_the_inputs_built_on_it(config):
+    row = {
+        "table": "events",
+        "trained": "2025-09-01",
+        "tasks": ["churn", "repurchase"],
+        "reference_per_day": 2463.0,
+        "recent_per_day": 1326.0,
+        "ratio": 1326.0 / 2463.0,
+        "recent_first": "2025-09-29",
+        "recent_last": "2025-10-05",
+        "inputs": ["近90天浏览趋势", "距上次浏览天数", "近30天浏览次数", "近90天加购次数"],
+    }
+    assert monitor.alerts([], [], config, volumes=[row]) == [
+        "events: 1,326 rows a day from 2025-09-29 to 2025-10-05 (median, promotion days left out), 0.54x the 2,463 "
+        "a day before the churn and repurchase models trained on 2025-09-01 (limit monitor.max_volume_ratio 1.5) — "
+        "check the events feed before trusting the scores; the inputs built on it that moved most: 近90天浏览趋势, "
+        "距上次浏览天数, 近30天浏览次数; retrain with make train once it is right"
+    ]
+    assert monitor.alerts([], [], config, volumes=[{**row, "ratio": 1.4}]) == []  # within 1/1.5 .. 1.5
+    assert len(monitor.alerts([], [], config, volumes=[{**row, "ratio": 1.6}])) == 1  # a feed that doubles rows
+
+
 # --- retain monitor, end to end ----------------------------------------------------------------------------
 
 
@@ -165,6 +228,9 @@ def test_retain_monitor_exits_0_when_all_holds_and_4_on_an_alert(trained, small_
     statuses = {(row["day"], row["task"]): row["status"] for row in doc["days"]}
     assert statuses[("2024-10-01", "churn")] == "realised" and statuses[("2025-01-20", "churn")] == "estimated"
     assert {report["task"] for report in doc["drift"]} == {"churn", "repurchase"} and doc["alerts"] == []
+    volumes = {row["table"]: row for row in doc["volume"]}  # the feeds as the models were trained on them
+    assert set(volumes) == {"events", "orders"} and all(0.67 < row["ratio"] < 1.5 for row in volumes.values())
+    assert "views_30d" not in volumes["events"]["inputs"] and volumes["events"]["inputs"]  # labels, not names
 
     strict = subprocess.run(
         command, env={**run_env, "RETAIN_MONITOR_MAX_ECE": "0.0001"}, capture_output=True, text=True, cwd=ROOT

@@ -461,6 +461,8 @@ def monitor(
         console.print(f"no export with scores in {exports}/: no realised or estimated accuracy yet")
     for report in doc["drift"]:
         out.print(health.drift_table(report, cfg.monitor.max_psi))
+    if doc["volume"]:
+        out.print(health.volume_table(doc["volume"], cfg.monitor.max_volume_ratio))
     for note in doc["notes"]:
         console.print(f"note: {note}", markup=False, highlight=False)
     write_json(json_out or exports / "monitor.json", doc)

@@ -251,12 +251,17 @@ class MonitorConfig:
     max_psi: float = 0.25  # population stability index above this, for a score or a top feature: alert
     top_features: int = 10  # the inputs (by the model's importance) whose drift raises an alert
     psi_bins: int = 10  # quantile bins of the training reference (stored by make train)
+    max_volume_ratio: float = 1.5  # a feed's rows a day this many times above or below before training: alert
     report_file: str = "exports/monitor.json"  # the latest figures, which the service's /metrics publishes
 
     def __post_init__(self) -> None:
         for name in ("max_ece", "max_auc_drop", "max_psi"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"monitor.{name} = {getattr(self, name)} must be in (0, 1].")
+        if not self.max_volume_ratio > 1:
+            raise ConfigError(
+                f"monitor.max_volume_ratio = {self.max_volume_ratio} must be above 1 (1.5: alert at 1.5x or 1/1.5x)."
+            )
         if self.top_features < 1 or self.psi_bins < 2:
             raise ConfigError("monitor.top_features must be at least 1 and monitor.psi_bins at least 2.")
 

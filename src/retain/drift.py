@@ -12,6 +12,11 @@ as rare rather than infinitely far. Rule of thumb: below 0.1 stable, 0.1-0.25 a 
 The training job stores each champion's references as `reference_bins.json` in its MLflow run
 (`references`): every model input and the model's own probability, on the members as of the day it was
 trained (the population it went live on), and the inputs ordered by the model's importance.
+
+A member's inputs move slowly when the data feeding them changes (a 30-day count takes 30 days to halve),
+so the rows a day of each feed are compared too (`volume`): the median day of the last VOLUME_DAYS
+against the median day of the VOLUME_REFERENCE_DAYS before training, promotion days left out of both (a
+shop's 618 or 11.11 is not a broken feed). A tracking change that halves the events shows within days.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from retain import promotions
+from retain import connection, promotions
+from retain import contract as c
+from retain.dataset import Dataset
 
 SHARE_FLOOR = 1e-4
 REFERENCE_FILE = "reference_bins.json"  # in the champion's MLflow run
 SCORE = "score"  # the model's probability, beside its inputs in the references
+VOLUME_TABLES = ("events", "orders")  # the feeds whose rows a day are checked
+VOLUME_DAYS = 7  # the recent days compared: a week, so weekday patterns cancel
+VOLUME_REFERENCE_DAYS = 28
 
 
 def reference_bins(values: np.ndarray, bins: int = 10) -> dict:
@@ -85,4 +95,41 @@ def references(model, inputs: pd.DataFrame, scores: np.ndarray, as_of: pd.Timest
         else {},
         SCORE: reference_bins(scores, bins),
         "importance": [name for name in importance_order(model) if not promotions.is_calendar(name)],
+    }
+
+
+def daily_rows(dataset: Dataset, table: str, first: pd.Timestamp, until: pd.Timestamp) -> pd.Series:
+    """Rows of `table` a calendar day, from `first` to the day before `until` (`first` < `until`), every
+    day listed (0 when none)."""
+    days = pd.date_range(first.normalize(), until.normalize() - pd.Timedelta(days=1), freq="D")
+    column = c.TIME_COLUMN[table]
+    con = connection.connect()
+    try:
+        counted = con.execute(
+            f"SELECT CAST({column} AS DATE) AS day, count(*) AS n FROM {dataset.scan(table)} "
+            f"WHERE {column} >= ? AND {column} < ? GROUP BY 1",
+            [days[0].to_pydatetime(), (days[-1] + pd.Timedelta(days=1)).to_pydatetime()],
+        ).df()
+    finally:
+        con.close()
+    return pd.Series(counted["n"].to_numpy(float), index=pd.to_datetime(counted["day"])).reindex(days, fill_value=0.0)
+
+
+def volume(daily: pd.Series, trained: pd.Timestamp, windows: promotions.Windows) -> dict | None:
+    """The median rows a day of the last VOLUME_DAYS ordinary days of `daily` (those outside promotion
+    `windows`, within the last VOLUME_REFERENCE_DAYS) against the VOLUME_REFERENCE_DAYS before `trained`;
+    None when either holds fewer than half its days."""
+    ordinary = daily[~promotions.in_windows(daily.index, windows)]
+    before = ordinary[
+        (ordinary.index < trained) & (ordinary.index >= trained - pd.Timedelta(days=VOLUME_REFERENCE_DAYS))
+    ]
+    latest = ordinary[ordinary.index > daily.index[-1] - pd.Timedelta(days=VOLUME_REFERENCE_DAYS)].tail(VOLUME_DAYS)
+    if len(before) < VOLUME_REFERENCE_DAYS // 2 or len(latest) < -(-VOLUME_DAYS // 2) or before.median() == 0:
+        return None
+    return {
+        "reference_per_day": float(before.median()),
+        "recent_per_day": float(latest.median()),
+        "ratio": float(latest.median() / before.median()),
+        "recent_first": latest.index[0].date().isoformat(),
+        "recent_last": latest.index[-1].date().isoformat(),
     }

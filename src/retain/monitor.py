@@ -12,11 +12,15 @@ churn risk and repurchase probability; `summary.json`: the model versions that s
 - **drift**: the population stability index (`retain.drift`) of every input of each champion and of its
   score, between the members it went live on (the reference `make train` stores) and the members as of
   the end of the data (or `--as-of`), the score computed on the reference's calendar;
+- **volume**: the rows a day of each feed (events, orders) lately against before the champions were
+  trained (`retain.drift.volume`: medians, promotion days left out), so a broken feed shows within days,
+  before the inputs built on it (a 30-day count) have moved far;
 - **alerts**: on the realised lists scored by the version serving now, a realised ECE above
   `monitor.max_ece` (and the promotion figure) or a ROC-AUC more than `monitor.max_auc_drop` below the
   promotion figure (the latest such list named; the alert holds until the model is replaced); a PSI
-  above `monitor.max_psi` for a score or one of the `monitor.top_features` most important inputs. One
-  sentence each; the command exits ALERT_EXIT when any fires.
+  above `monitor.max_psi` for a score or one of the `monitor.top_features` most important inputs; a feed's
+  rows a day more than `monitor.max_volume_ratio` times above or below what they were. One sentence each;
+  the command exits ALERT_EXIT when any fires.
 
 A day whose `scores.parquet` is missing or unreadable is skipped with a sentence saying why.
 """
@@ -39,6 +43,7 @@ from retain import features as feature_builder
 from retain.config import Config
 from retain.dataset import Dataset
 from retain.evaluation import expected_calibration_error
+from retain.models import BTYD_COLUMNS
 from retain.registry import Registry, model_name
 from retain.scoring import MODELS, Scorer
 
@@ -205,6 +210,7 @@ def drift_report(
                 "task": task,
                 "version": version,
                 "as_of": as_of.date().isoformat(),
+                "trained": reference["as_of"],
                 "reference_members": reference["members"],
                 "psi": rows,
             }
@@ -212,7 +218,42 @@ def drift_report(
     return reports, notes
 
 
-def alerts(days: list[dict], drifts: list[dict], config: Config, serving: dict[str, str] | None = None) -> list[str]:
+def volume_report(dataset: Dataset, config: Config, drifts: list[dict], as_of: pd.Timestamp) -> list[dict]:
+    """Per feed the dataset has (`drift.VOLUME_TABLES`) and day the champions were trained on: the rows a
+    day of the last days before `as_of` against the days before training (`drift.volume`), and the inputs
+    built on the feed, those that moved most since training first."""
+    trained: dict[str, list[dict]] = {}
+    for report in drifts:
+        trained.setdefault(report["trained"], []).append(report)
+    if not trained:
+        return []
+    first = min(pd.Timestamp(day) for day in trained) - pd.Timedelta(days=drift.VOLUME_REFERENCE_DAYS)
+    rows = []
+    for table in (t for t in drift.VOLUME_TABLES if dataset.has(t)):
+        if first.normalize() >= as_of.normalize():
+            break
+        daily = drift.daily_rows(dataset, table, first, as_of)
+        fed = feature_builder.columns_from(table, config.data) | (set(BTYD_COLUMNS) if table == "orders" else set())
+        for day, reports in trained.items():
+            found = drift.volume(daily, pd.Timestamp(day), config.data.promotion_windows)
+            if found is None:
+                continue
+            moved = sorted((row for report in reports for row in report["psi"] if row["feature"] in fed),
+                           key=lambda row: -row["psi"])  # fmt: skip
+            inputs = list(dict.fromkeys(row["label"] for row in moved))
+            rows.append(
+                {"table": table, "trained": day, "tasks": [r["task"] for r in reports], **found, "inputs": inputs}
+            )
+    return rows
+
+
+def alerts(
+    days: list[dict],
+    drifts: list[dict],
+    config: Config,
+    serving: dict[str, str] | None = None,
+    volumes: list[dict] = (),
+) -> list[str]:
     """One sentence per threshold crossed, saying what to do. The accuracy alerts read the realised lists
     scored by the version serving now (`serving`: task -> version; None: any version) and name the latest
     list that crossed each threshold: an alert holds until the model is replaced (a list scored by a replaced
@@ -247,6 +288,19 @@ def alerts(days: list[dict], drifts: list[dict], config: Config, serving: dict[s
                 f"{report['as_of']}: {named}, above monitor.max_psi {m.max_psi} — check the data, then retrain "
                 "with make train"
             )
+    for row in volumes:  # a broken feed first shows here: before the inputs built on it have moved far
+        if 1 / m.max_volume_ratio <= row["ratio"] <= m.max_volume_ratio:
+            continue
+        models = " and ".join(row["tasks"]) + (" models" if len(row["tasks"]) > 1 else " model")
+        built = f"; the inputs built on it that moved most: {', '.join(row['inputs'][:3])}" if row["inputs"] else ""
+        out.insert(
+            0,
+            f"{row['table']}: {row['recent_per_day']:,.0f} rows a day from {row['recent_first']} to "
+            f"{row['recent_last']} (median, promotion days left out), {row['ratio']:.2f}x the "
+            f"{row['reference_per_day']:,.0f} a day before the {models} trained on {row['trained']} (limit "
+            f"monitor.max_volume_ratio {m.max_volume_ratio}) — check the {row['table']} feed before trusting "
+            f"the scores{built}; retrain with make train once it is right",
+        )
     return out
 
 
@@ -274,6 +328,7 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_
         )
     ]
     drifts, drift_notes = drift_report(dataset, config, registry, scorer, as_of) if scorer else ([], [])
+    volumes = volume_report(dataset, config, drifts, as_of)
     serving = {task: scorer.versions.get(model_name(task), "") for task in SCORE_COLUMN} if scorer else None
     if missing:
         drift_notes.append(f"no champion for {', '.join(missing)}: no drift measured; run make train")
@@ -285,8 +340,9 @@ def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_
             "exports": str(exports),
             "days": figures,
             "drift": drifts,
+            "volume": volumes,
             "notes": notes + drift_notes,
-            "alerts": alerts(figures, drifts, config, serving),
+            "alerts": alerts(figures, drifts, config, serving, volumes),
         }
     )
 
@@ -332,6 +388,32 @@ def accuracy_table(days: list[dict]) -> Table:
             _shown(row.get("ece")),
             _shown(row["mean_predicted"]),
             _shown(row.get("observed_rate")),
+        )
+    return table
+
+
+def volume_table(volumes: list[dict], max_ratio: float) -> Table:
+    """Each feed's rows a day lately against before training."""
+    table = Table(
+        "feed",
+        "trained",
+        "rows a day before",
+        "lately",
+        "days",
+        "ratio",
+        "alerts",
+        title="rows a day of the feeds (median, promotion days left out)",
+    )
+    for row in volumes:
+        alerting = not 1 / max_ratio <= row["ratio"] <= max_ratio
+        table.add_row(
+            row["table"],
+            row["trained"],
+            f"{row['reference_per_day']:,.0f}",
+            f"{row['recent_per_day']:,.0f}",
+            f"{row['recent_first']} to {row['recent_last']}",
+            f"{row['ratio']:.2f}x",
+            "yes" if alerting else "",
         )
     return table
 

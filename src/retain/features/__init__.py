@@ -16,8 +16,8 @@ from importlib import resources
 import duckdb
 import pandas as pd
 
+from retain import connection, promotions
 from retain import contract as c
-from retain import promotions
 from retain.config import DataConfig
 from retain.connection import dataset_connection
 from retain.dataset import Dataset
@@ -59,6 +59,24 @@ def build(dataset: Dataset, as_of: pd.Timestamp, data_config: DataConfig, thread
     """Features of every member with a paid order before `as_of` (index `member_id`, sorted)."""
     with dataset_connection(dataset, threads) as (con, tables):
         return compute(con, as_of, data_config, tables)
+
+
+def columns_from(table: str, data_config: DataConfig) -> set[str]:
+    """The feature columns that `table` feeds: for orders, every column orders alone give; for another
+    table, the columns it adds to them. Read off `compute` run on empty tables, with and without it."""
+
+    def columns(tables: set[str]) -> set[str]:
+        with_rows = "(SELECT 1 AS nothing WHERE false)"  # no row, no column: every contract column typed NULL
+        con = connection.connect(threads=1)
+        try:
+            for name in tables:
+                connection.contract_view(con, name, with_rows, set())
+            return set(compute(con, pd.Timestamp("2000-01-01"), data_config, tables).columns)
+        finally:
+            con.close()
+
+    alone = columns({"orders"})
+    return alone if table == "orders" else columns({"orders", table}) - alone
 
 
 def compute(
