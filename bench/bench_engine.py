@@ -6,11 +6,12 @@ timed from start to exit (the Dask runs include starting the cluster) with the p
 whole process tree (driver plus Dask workers, polled every 0.2 s) and of its largest child process (a
 Dask worker). The shops are simulated once into data/bench_<n> (1,000,000 is data/bench_1m, shared with
 the other benchmarks) in member buckets of a fixed size (one bucket per 15,625 members: 16 at 250,000,
-64 at 1,000,000; a shop written before buckets is rebucketed), and Dask runs one task per bucket, so a
-worker's task is the same size at every scale. The export uses the demo's champions (`make demo`
-first). The Dask export's files are checked to be the local one's.
+64 at 1,000,000; a shop written before buckets is rebucketed), and Dask runs one task per
+`--buckets-per-task` buckets (4: 62,500 members), so a worker's task is the same size at every scale.
+The export uses the demo's champions (`make demo` first). The Dask export's files are checked to be
+the local one's.
 
-Run: .venv/bin/python bench/bench_engine.py [--sizes 250000,500000,1000000]
+Run: .venv/bin/python bench/bench_engine.py [--sizes 250000,500000,1000000] [--buckets-per-task 4]
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def measure(command: list[str], env: dict, ok: tuple[int, ...] = (0,)) -> tuple[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="250000,500000,1000000")
+    parser.add_argument(
+        "--buckets-per-task", type=int, default=4, help="member buckets a Dask task reads (4: 62,500 members)"
+    )
     args = parser.parse_args()
     retain = [sys.executable, "-m", "retain.cli"]
     rows = []
@@ -84,7 +88,8 @@ def main() -> int:
                 env = {
                     **os.environ,
                     "RETAIN_ENGINE_KIND": kind,
-                    "RETAIN_ENGINE_PARTITIONS": str(buckets),  # one task per bucket: the same size at every scale
+                    # tasks of a fixed number of buckets: the same size at every scale
+                    "RETAIN_ENGINE_PARTITIONS": str(max(1, buckets // args.buckets_per_task)),
                     "RETAIN_SERVING_SNAPSHOT_DIR": f"{tmp}/snap-{kind}",
                 }
                 features = [

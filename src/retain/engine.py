@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -210,7 +211,10 @@ def combine(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """The partitions' frames as one, sorted by member_id like the local engine's."""
     if not parts:
         return pd.DataFrame(index=pd.Index([], name=c.MEMBER_ID))
-    return pd.concat(parts).sort_index()
+    frame = pd.concat(parts)
+    # an argsort of the ids as Python strings, then one take: 0.5 s at 1,000,000 members where sort_index
+    # took 0.7-2.2 s
+    return frame.take(np.argsort(frame.index.to_numpy(dtype=object), kind="stable"))
 
 
 @contextlib.contextmanager
