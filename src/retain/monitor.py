@@ -225,21 +225,21 @@ def volume_report(dataset: Dataset, config: Config, drifts: list[dict], as_of: p
     trained: dict[str, list[dict]] = {}
     for report in drifts:
         trained.setdefault(report["trained"], []).append(report)
-    if not trained:
+    if not trained:  # no champion with a training reference
         return []
     first = min(pd.Timestamp(day) for day in trained) - pd.Timedelta(days=drift.VOLUME_REFERENCE_DAYS)
+    if first.normalize() >= as_of.normalize():  # monitoring a day long before the training
+        return []
     rows = []
     for table in (t for t in drift.VOLUME_TABLES if dataset.has(t)):
-        if first.normalize() >= as_of.normalize():
-            break
         daily = drift.daily_rows(dataset, table, first, as_of)
         fed = feature_builder.columns_from(table, config.data) | (set(BTYD_COLUMNS) if table == "orders" else set())
         for day, reports in trained.items():
             found = drift.volume(daily, pd.Timestamp(day), config.data.promotion_windows)
             if found is None:
                 continue
-            moved = sorted((row for report in reports for row in report["psi"] if row["feature"] in fed),
-                           key=lambda row: -row["psi"])  # fmt: skip
+            moved = [row for report in reports for row in report["psi"] if row["feature"] in fed]
+            moved.sort(key=lambda row: -row["psi"])
             inputs = list(dict.fromkeys(row["label"] for row in moved))
             rows.append(
                 {"table": table, "trained": day, "tasks": [r["task"] for r in reports], **found, "inputs": inputs}
@@ -288,20 +288,23 @@ def alerts(
                 f"{report['as_of']}: {named}, above monitor.max_psi {m.max_psi} — check the data, then retrain "
                 "with make train"
             )
-    for row in volumes:  # a broken feed first shows here: before the inputs built on it have moved far
-        if 1 / m.max_volume_ratio <= row["ratio"] <= m.max_volume_ratio:
-            continue
+    feeds = []  # first: a broken feed shows here before the inputs built on it have moved far
+    for row in (row for row in volumes if volume_changed(row, m.max_volume_ratio)):
         models = " and ".join(row["tasks"]) + (" models" if len(row["tasks"]) > 1 else " model")
         built = f"; the inputs built on it that moved most: {', '.join(row['inputs'][:3])}" if row["inputs"] else ""
-        out.insert(
-            0,
+        feeds.append(
             f"{row['table']}: {row['recent_per_day']:,.0f} rows a day from {row['recent_first']} to "
             f"{row['recent_last']} (median, promotion days left out), {row['ratio']:.2f}x the "
             f"{row['reference_per_day']:,.0f} a day before the {models} trained on {row['trained']} (limit "
             f"monitor.max_volume_ratio {m.max_volume_ratio}) — check the {row['table']} feed before trusting "
-            f"the scores{built}; retrain with make train once it is right",
+            f"the scores{built}; retrain with make train once it is right"
         )
-    return out
+    return feeds + out
+
+
+def volume_changed(row: dict, max_ratio: float) -> bool:
+    """A feed's rows a day more than `max_ratio` times above or below what they were before training."""
+    return not 1 / max_ratio <= row["ratio"] <= max_ratio
 
 
 def run(dataset: Dataset, config: Config, registry: Registry, exports: Path, as_of: pd.Timestamp | None = None) -> dict:
@@ -405,7 +408,6 @@ def volume_table(volumes: list[dict], max_ratio: float) -> Table:
         title="rows a day of the feeds (median, promotion days left out)",
     )
     for row in volumes:
-        alerting = not 1 / max_ratio <= row["ratio"] <= max_ratio
         table.add_row(
             row["table"],
             row["trained"],
@@ -413,7 +415,7 @@ def volume_table(volumes: list[dict], max_ratio: float) -> Table:
             f"{row['recent_per_day']:,.0f}",
             f"{row['recent_first']} to {row['recent_last']}",
             f"{row['ratio']:.2f}x",
-            "yes" if alerting else "",
+            "yes" if volume_changed(row, max_ratio) else "",
         )
     return table
 
