@@ -94,6 +94,11 @@ def bucket_scores(
     return features, scorer.score(features, as_of) if len(features) else pd.DataFrame()
 
 
+def import_task_modules() -> None:
+    """On a worker: import the modules `bucket_features` and `bucket_scores` run."""
+    import retain.scoring  # noqa: F401  (the scorer's models: LightGBM, the compiled forest, BG/NBD)
+
+
 def bucket_groups(buckets: int, groups: int) -> list[list[int]]:
     """Buckets dealt round-robin into at most `groups` groups (one task each)."""
     groups = max(1, min(groups, buckets))
@@ -127,6 +132,12 @@ class DaskEngine:
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: the TLS files do not fit
             raise RetainError(f"Could not reach the Dask scheduler at {address or 'a local cluster'}: {exc}") from None
         self.partitions = partitions or config.engine.partitions
+        # the workers import what the tasks need while the driver loads the models and lists the files,
+        # rather than on their first task (~1-2 s of a fresh worker)
+        self.warming = [
+            self.client.submit(import_task_modules, pure=False, workers=[worker], allow_other_workers=False)
+            for worker in self.client.scheduler_info()["workers"]
+        ]
 
     def _run(self, dataset: Dataset, as_of: pd.Timestamp, function, *args) -> list:
         """`function(group, as_of, *args)` on the workers, one task per group of member buckets: every table's
