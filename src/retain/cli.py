@@ -362,7 +362,7 @@ def export(
     dataset = open_dataset(data or Path(cfg.data.dataset))
     day = exporter.check_date(date or dataset.observed_until, dataset, today=pd.Timestamp.now())
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with open_engine(cfg) as engine, Progress(*columns, console=err_console, transient=True) as progress:
+    with open_engine(cfg, scoring=True) as engine, Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
         result = exporter.run(
             dataset,

@@ -94,9 +94,9 @@ def bucket_scores(
     return features, scorer.score(features, as_of) if len(features) else pd.DataFrame()
 
 
-def import_task_modules() -> None:
-    """On a worker: import the modules `bucket_features` and `bucket_scores` run."""
-    import retain.scoring  # noqa: F401  (the scorer's models: LightGBM, the compiled forest, BG/NBD)
+def import_scoring() -> None:
+    """On a worker: import the modules the scorer's models run (LightGBM, the compiled forest, BG/NBD)."""
+    import retain.scoring  # noqa: F401
 
 
 def bucket_groups(buckets: int, groups: int) -> list[list[int]]:
@@ -110,7 +110,7 @@ class DaskEngine:
 
     kind = "dask"
 
-    def __init__(self, config: Config, partitions: int | None = None):
+    def __init__(self, config: Config, partitions: int | None = None, scoring: bool = False):
         from distributed import Client, LocalCluster
 
         self.config = config
@@ -132,11 +132,11 @@ class DaskEngine:
         except (OSError, TimeoutError, ValueError) as exc:  # ValueError: the TLS files do not fit
             raise RetainError(f"Could not reach the Dask scheduler at {address or 'a local cluster'}: {exc}") from None
         self.partitions = partitions or config.engine.partitions
-        # the workers import what the tasks need while the driver loads the models and lists the files,
-        # rather than on their first task (~1-2 s of a fresh worker)
+        # for a run that scores: the workers import the models' modules while the driver loads the models,
+        # rather than on their first task (~1-2 s of a fresh worker; a features run does not need them)
         self.warming = [
-            self.client.submit(import_task_modules, pure=False, workers=[worker], allow_other_workers=False)
-            for worker in self.client.scheduler_info()["workers"]
+            self.client.submit(import_scoring, pure=False, workers=[worker], allow_other_workers=False)
+            for worker in (self.client.scheduler_info()["workers"] if scoring else ())
         ]
 
     def _run(self, dataset: Dataset, as_of: pd.Timestamp, function, *args) -> list:
@@ -229,11 +229,12 @@ def combine(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def open_engine(config: Config) -> Iterator[LocalEngine | DaskEngine]:
-    """The engine `engine.kind` names, closed (and its local cluster stopped) on leaving."""
+def open_engine(config: Config, scoring: bool = False) -> Iterator[LocalEngine | DaskEngine]:
+    """The engine `engine.kind` names, closed (and its local cluster stopped) on leaving. `scoring`: the run
+    will score members (Dask workers get ready for it at once)."""
     if config.engine.kind not in ("local", "dask"):
         raise RetainError(f'engine.kind must be "local" or "dask", got {config.engine.kind!r}.')
-    engine = DaskEngine(config) if config.engine.kind == "dask" else LocalEngine(config)
+    engine = DaskEngine(config, scoring=scoring) if config.engine.kind == "dask" else LocalEngine(config)
     try:
         yield engine
     finally:
