@@ -160,7 +160,10 @@ def test_a_feed_that_halves_shows_within_days_and_a_promotion_does_not():
     trained = pd.Timestamp("2025-09-01")
     steady = drift.volume(daily[days < "2025-10-01"], trained, windows)
     assert steady["ratio"] == 1.0 and steady["reference_per_day"] == 1000.0
-    assert (steady["recent_first"], steady["recent_last"]) == ("2025-09-18", "2025-09-30")  # 9-20..9-25 left out: 18, 19, 26..30
+    assert (steady["recent_first"], steady["recent_last"]) == (
+        "2025-09-18",
+        "2025-09-30",
+    )  # 9-20..9-25 left out: 18, 19, 26..30
     daily[days >= "2025-10-06"] /= 2  # a tracking change: half the events recorded from 10-06
     halved = drift.volume(daily, trained, windows)  # four days later: 5 of the last 7 days are halved
     assert halved["ratio"] == 0.5 and halved["recent_last"] == "2025-10-10"
@@ -264,6 +267,11 @@ def test_the_report_shows_model_health_from_the_latest_monitor_run():
     }
     page = report.health_section(estimated_only)
     assert "<img" in page and "as of 2025-02-01" in page and "近30天浏览次数 (PSI 0.31)" in page
-    assert "members have shifted" in page
+    assert "members have shifted" in page and "The feeds" not in page  # a monitor.json from before the check
+    feed = {"table": "events", "recent_per_day": 1326.0, "reference_per_day": 2463.0, "ratio": 0.538}
+    with_feeds = {**estimated_only, "volume": [{**feed, "recent_first": "2025-01-24", "recent_last": "2025-01-31"}]}
+    assert "events: 1,326 rows a day from 2025-01-24 to 2025-01-31, 0.54x the 2,463" in report.health_section(
+        with_feeds
+    )
     realised = {**estimated_only, "alerts": [], "days": [*estimated_only["days"], realised_row(day="2024-10-01")]}
     assert "none: every figure holds" in report.health_section(realised)

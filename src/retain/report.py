@@ -203,12 +203,19 @@ def health_section(health: dict | None) -> str:
         + "</li>"
         for report in health.get("drift", [])
     )
+    feeds = "".join(
+        f"<li>{html_text.escape(row['table'])}: {row['recent_per_day']:,.0f} rows a day from "
+        f"{html_text.escape(row['recent_first'])} to {html_text.escape(row['recent_last'])}, "
+        f"{row['ratio']:.2f}x the {row['reference_per_day']:,.0f} before training</li>"
+        for row in health.get("volume", [])
+    )
     picture = png(model_health(health["days"])) if health.get("days") else ""
     return (
         f"<p>From <code>retain monitor</code> as of {html_text.escape(str(health.get('as_of', '')))}. "
         f"Alerts:</p><ul>{lines}</ul>{picture}"
         f"<p>Moved most since training (population stability index; above 0.25: a shift the model has not seen):</p>"
         f"<ul>{drift}</ul>"
+        + (f"<p>The feeds (median day, promotion days left out):</p><ul>{feeds}</ul>" if feeds else "")
     )
 
 
