@@ -108,7 +108,8 @@ def main() -> int:
             top = {r["task"]: [row["label"] for row in r["psi"] if row["top"]][:3] for r in doc["drift"]}
             results.append({"day": day.date(), "exit": monitored.returncode, "alerts": doc["alerts"], "top": top})
             alerts = " | ".join(doc["alerts"]) or "none"
-            print(f"{day.date()}: exit {monitored.returncode}; alerts: {alerts}", flush=True)
+            feeds = ", ".join(f"{row['table']} {row['ratio']:.2f}x" for row in doc.get("volume", []))
+            print(f"{day.date()}: exit {monitored.returncode}; rows a day {feeds}; alerts: {alerts}", flush=True)
 
         final = retain("monitor", "--data", str(args.data), "--exports", str(exports), env=env)
         doc = json.loads((exports / "monitor.json").read_text())
