@@ -191,6 +191,15 @@ def test_the_inputs_a_feed_builds_are_read_off_the_feature_computation(config):
     assert {"recency_days", "frequency", "monetary_mean"} <= columns_from("orders", config.data)
 
 
+def test_no_feed_check_for_a_model_whose_training_day_is_not_stored(small_shop, config):
+    """A reference written before the feed check has no training day: nothing to compare, no error."""
+    report = {"task": "churn", "version": "1", "trained": None, "psi": []}
+    assert monitor.volume_report(small_shop, config, [report], small_shop.observed_until) == []
+    trained = {**report, "trained": "2024-12-01"}
+    (events, orders) = monitor.volume_report(small_shop, config, [trained], small_shop.observed_until)
+    assert (events["table"], orders["table"]) == ("events", "orders") and events["tasks"] == ["churn"]
+
+
 def test_a_volume_alert_names_the_feed_its_change_and_the_inputs_built_on_it(config):
     row = {
         "table": "events",

@@ -186,6 +186,11 @@ def drift_report(
                 "retrain with make train to measure drift"
             )
             continue
+        if "as_of" not in reference:
+            notes.append(
+                f"{task} model v{version}: its training day is not stored (trained by an earlier retain), so the "
+                "feeds' rows a day are not checked against it; retrain with make train to check them"
+            )
         inputs = scorer.model_input(features, as_of, task).reindex(columns=model.feature_names)
         # today's members on the reference's calendar: the score's drift is the members', not the season's
         score = model.predict(inputs.assign(**reference.get("calendar", {})))
@@ -210,7 +215,7 @@ def drift_report(
                 "task": task,
                 "version": version,
                 "as_of": as_of.date().isoformat(),
-                "trained": reference["as_of"],
+                "trained": reference.get("as_of"),  # None: stored by a retain before the feed check
                 "reference_members": reference["members"],
                 "psi": rows,
             }
@@ -223,7 +228,7 @@ def volume_report(dataset: Dataset, config: Config, drifts: list[dict], as_of: p
     day of the last days before `as_of` against the days before training (`drift.volume`), and the inputs
     built on the feed, those that moved most since training first."""
     trained: dict[str, list[dict]] = {}
-    for report in drifts:
+    for report in (report for report in drifts if report["trained"]):
         trained.setdefault(report["trained"], []).append(report)
     if not trained:  # no champion with a training reference
         return []
