@@ -124,7 +124,7 @@ def volume(daily: pd.Series, trained: pd.Timestamp, windows: promotions.Windows)
         (ordinary.index < trained) & (ordinary.index >= trained - pd.Timedelta(days=VOLUME_REFERENCE_DAYS))
     ]
     latest = ordinary[ordinary.index > daily.index[-1] - pd.Timedelta(days=VOLUME_REFERENCE_DAYS)].tail(VOLUME_DAYS)
-    if len(before) < VOLUME_REFERENCE_DAYS // 2 or len(latest) < -(-VOLUME_DAYS // 2) or before.median() == 0:
+    if len(before) < VOLUME_REFERENCE_DAYS // 2 or len(latest) < (VOLUME_DAYS + 1) // 2 or before.median() == 0:
         return None
     return {
         "reference_per_day": float(before.median()),

@@ -66,11 +66,11 @@ def columns_from(table: str, data_config: DataConfig) -> set[str]:
     table, the columns it adds to them. Read off `compute` run on empty tables, with and without it."""
 
     def columns(tables: set[str]) -> set[str]:
-        with_rows = "(SELECT 1 AS nothing WHERE false)"  # no row, no column: every contract column typed NULL
+        no_rows = "(SELECT 1 AS nothing WHERE false)"  # no row, no column: every contract column typed NULL
         con = connection.connect(threads=1)
         try:
             for name in tables:
-                connection.contract_view(con, name, with_rows, set())
+                connection.contract_view(con, name, no_rows, set())
             return set(compute(con, pd.Timestamp("2000-01-01"), data_config, tables).columns)
         finally:
             con.close()
