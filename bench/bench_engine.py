@@ -2,7 +2,7 @@
 500,000 and 1,000,000 members, on this machine (2 cores).
 
 Each run is `retain features` or `retain export` in its own process (`RETAIN_ENGINE_KIND=local|dask`),
-timed from start to exit (the Dask runs include starting the cluster) with the peak memory of the
+timed from start to exit (the Dask runs include starting the cluster, unless `--standing`) with the peak memory of the
 whole process tree (driver plus Dask workers, polled every 0.2 s) and of its largest child process (a
 Dask worker). The shops are simulated once into data/bench_<n> (1,000,000 is data/bench_1m, shared with
 the other benchmarks) in member buckets of a fixed size (one bucket per 15,625 members: 16 at 250,000,
