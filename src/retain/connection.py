@@ -45,12 +45,6 @@ def register_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> set[st
     return tables
 
 
-def parquet_source(paths: list[str]) -> str:
-    """Parquet files as one DuckDB source, read as they are (the bucket folder's name is not a column)."""
-    listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths)
-    return f"read_parquet([{listed}], hive_partitioning = false)"
-
-
 def contract_view(con: duckdb.DuckDBPyConnection, table: str, source: str, columns: set[str]) -> None:
     """Create the view `table` over `source` (a Parquet scan, a registered frame) with the contract's columns."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {contract_select(table, source, columns)}")

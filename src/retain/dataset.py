@@ -93,12 +93,17 @@ class Dataset:
     def scan(self, table: str) -> str:
         """The table's files as one DuckDB source (a glob over the buckets, or the single file)."""
         single = self.path / f"{table}.parquet"
-        where = single if single.exists() else self.path / table / f"{BUCKET}=*" / "*.parquet"
-        text = str(where).replace("'", "''")
-        return f"read_parquet('{text}', hive_partitioning = false)"
+        return parquet_source([single if single.exists() else self.path / table / f"{BUCKET}=*" / "*.parquet"])
 
     def read(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
         return read_files(self.files(table), columns)
+
+
+def parquet_source(paths: list[Path | str]) -> str:
+    """Parquet files (or globs) as one DuckDB source, read as they are (the bucket folder's name is not a
+    column)."""
+    listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths)
+    return f"read_parquet([{listed}], hive_partitioning = false)"
 
 
 def read_files(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from retain import connection
 from retain import contract as c
 from retain import features as feature_builder
 from retain.config import Config, DataConfig, EngineConfig, loopback
-from retain.dataset import Dataset
+from retain.dataset import Dataset, parquet_source
 from retain.errors import RetainError
 
 TLS_KEYS = ("engine.tls_ca_file", "engine.tls_cert_file", "engine.tls_key_file")
@@ -70,7 +70,7 @@ class BucketGroup:
         tasks at 250,000 members); the table names."""
         for table, paths in self.files.items():
             if paths:
-                source = connection.parquet_source(paths)
+                source = parquet_source(paths)
             else:
                 source = f"{table}_empty"
                 con.register(source, self.schemas[table].empty_table())
